@@ -1,0 +1,108 @@
+"""Severity tables of the benchmark: the one place the levels are defined.
+
+The builder's split plan, the corruption functions and the dataset card all read these
+tables, keyed by the names the dataset uses (``snr_2``, ``sib_3``, ``pgd_8``...).
+Definitions: ``benchmark-spec.md`` section 3.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+__all__ = [
+    "ATTACKS",
+    "ATTACK_EPSILONS_GREY",
+    "BLUR_LEVELS",
+    "REFERENCE_SNR",
+    "SIB_SIGMA_PX",
+    "SNR_LEVELS",
+    "SVB",
+    "AttackProtocol",
+    "Camera",
+    "SVBSettings",
+]
+
+#: Signal-to-noise ratios of the ``snr_*`` splits (camera equation on the mask foreground).
+SNR_LEVELS: tuple[int, ...] = (1, 2, 3, 4, 5, 8)
+#: The reference ("clean") condition models are trained and compared on.
+REFERENCE_SNR: float = 8.0
+#: Blur severities of the ``sib_*`` and ``svb_*`` splits.
+BLUR_LEVELS: tuple[int, ...] = (1, 2, 3, 4, 5)
+#: Gaussian PSF standard deviation (pixels) of each space-invariant blur level.
+SIB_SIGMA_PX: dict[int, float] = {1: 1.0, 2: 2.0, 3: 3.0, 4: 4.0, 5: 5.0}
+
+
+@dataclass(frozen=True)
+class SVBSettings:
+    """Space-variant blur: ``sigma(r) = center + (sigma_L - center) (r / r_max)^2``.
+
+    ``sigma_L`` is the SIB sigma of the level; ``rings`` is the number K of radial basis
+    functions of the flux-preserving decomposition ``sum_k h_k * (w_k x)``.
+    """
+
+    sigma_center_px: float = 0.5
+    rings: int = 6
+
+
+SVB = SVBSettings()
+
+
+@dataclass(frozen=True)
+class Camera:
+    """A scientific camera at high gain (no EM excess noise modelled).
+
+    ``e_per_adu`` = 0.1 makes a reference (SNR 8) image span well over 1000 ADU, so rounding
+    to integers adds only ``e_per_adu**2 / 12`` e-^2 of variance and one grey level of an attack
+    budget is several ADU.
+    """
+
+    read_noise_e: float = 1.5
+    offset_adu: float = 100.0
+    e_per_adu: float = 0.1
+    adc_max_adu: int = 65535
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+#: Attack budgets, in grey levels of the min-max normalised image on an 8-bit scale.
+ATTACK_EPSILONS_GREY: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+
+
+@dataclass(frozen=True)
+class AttackProtocol:
+    """How an L-inf attack is run at budget ``eps`` (grey levels), after the authors' code."""
+
+    name: str
+    step_grey: float | None  # None: one step of size eps (FGSM)
+    random_start: bool
+
+    def iterations(self, eps_grey: float) -> int:
+        if self.name == "fgsm":
+            return 1
+        if self.name == "ifgsm":  # Kurakin et al. 2017: min(eps + 4, 1.25 eps), integer part
+            return max(1, int(min(eps_grey + 4, 1.25 * eps_grey)))
+        return 10
+
+    def step(self, eps_grey: float) -> float:
+        return float(eps_grey) if self.step_grey is None else self.step_grey
+
+
+ATTACKS: dict[str, AttackProtocol] = {
+    "fgsm": AttackProtocol("fgsm", step_grey=None, random_start=False),
+    "ifgsm": AttackProtocol("ifgsm", step_grey=1.0, random_start=False),
+    "pgd": AttackProtocol("pgd", step_grey=2.0, random_start=True),
+}
+
+
+def snr_k_closed_form(snr: float, c: float, beta: float, var_e: float) -> float:
+    """Electrons per image unit ``k`` with ``k c / sqrt(k c + k beta + var_e) = snr`` exactly.
+
+    ``c``: foreground mean above background, ``beta``: background mean (image units);
+    ``var_e``: signal-independent variance in e-^2 (read noise^2 + quantisation).
+    """
+    s2 = snr * snr
+    return (s2 * (c + beta) + math.sqrt(s2 * s2 * (c + beta) ** 2 + 4 * c * c * s2 * var_e)) / (
+        2 * c * c
+    )
