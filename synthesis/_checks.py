@@ -19,7 +19,9 @@ def check_images(x: object, name: str = "x", *, nonnegative: bool = True) -> Ten
         ValueError: wrong shape, non-finite or (with ``nonnegative``) negative values.
     """
     if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (B, 1, H, W). Got {type(x).__name__}")
+        raise TypeError(
+            f"{name} must be a torch.Tensor of shape (B, 1, H, W). Got {type(x).__name__}"
+        )
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor. Got dtype {x.dtype}")
     if x.dim() != 4 or x.shape[1] != 1:
@@ -35,7 +37,9 @@ def check_images(x: object, name: str = "x", *, nonnegative: bool = True) -> Ten
     return x
 
 
-def check_mask(mask: object, like: Tensor, name: str = "mask", *, require_foreground: bool = True) -> Tensor:
+def check_mask(
+    mask: object, like: Tensor, name: str = "mask", *, require_foreground: bool = True
+) -> Tensor:
     """Check a binary mask matching ``like`` (``(B, 1, H, W)``) and return it as bool.
 
     Raises:
@@ -46,21 +50,29 @@ def check_mask(mask: object, like: Tensor, name: str = "mask", *, require_foregr
     if not isinstance(mask, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor. Got {type(mask).__name__}")
     if tuple(mask.shape) != tuple(like.shape):
-        raise ValueError(f"{name} must have the image shape {tuple(like.shape)}. Got {tuple(mask.shape)}")
+        raise ValueError(
+            f"{name} must have the image shape {tuple(like.shape)}. Got {tuple(mask.shape)}"
+        )
     if mask.dtype != torch.bool:
         bad = (mask != 0) & (mask != 1)
         if bool(bad.any()):
-            raise ValueError(f"{name} must be binary (0/1). Got values such as {float(mask[bad][0]):g}")
+            raise ValueError(
+                f"{name} must be binary (0/1). Got values such as {float(mask[bad][0]):g}"
+            )
         mask = mask != 0
     mask = mask.to(like.device)
     if require_foreground:
         fg = mask.flatten(1).sum(1)
         empty = torch.nonzero(fg == 0).flatten().tolist()
         if empty:
-            raise ValueError(f"{name} has no foreground in sample(s) {empty}: SNR is undefined. Got an empty mask")
+            raise ValueError(
+                f"{name} has no foreground in sample(s) {empty}: SNR is undefined. Got an empty mask"
+            )
         full = torch.nonzero(fg == mask[0].numel()).flatten().tolist()
         if full:
-            raise ValueError(f"{name} has no background in sample(s) {full}: SNR is undefined. Got an all-foreground mask")
+            raise ValueError(
+                f"{name} has no background in sample(s) {full}: SNR is undefined. Got an all-foreground mask"
+            )
     return mask
 
 
@@ -83,7 +95,9 @@ def per_sample(
     if t.dim() == 0:
         t = t.reshape(1)
     if t.dim() != 1 or t.shape[0] not in (1, batch):
-        raise ValueError(f"{name} must be a scalar or have shape ({batch},). Got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"{name} must be a scalar or have shape ({batch},). Got shape {tuple(t.shape)}"
+        )
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} must be finite. Got {t.tolist()}")
     if positive and bool((t <= 0).any()):
@@ -107,7 +121,9 @@ def check_seeds(seeds: object, batch: int, device: torch.device | str | None = N
     if t.dim() == 0:
         t = t.reshape(1)
     if t.dim() != 1 or t.shape[0] not in (1, batch):
-        raise ValueError(f"seeds must be an int or have shape ({batch},). Got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"seeds must be an int or have shape ({batch},). Got shape {tuple(t.shape)}"
+        )
     if bool((t < 0).any()):
         raise ValueError(f"seeds must be >= 0. Got {t.tolist()}")
     return t.expand(batch).contiguous()

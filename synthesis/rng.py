@@ -106,7 +106,9 @@ def _blocks(batch: int, per_row: int, device: torch.device) -> list[tuple[int, i
     return [(r, min(batch, r + rows)) for r in range(0, batch, rows)]
 
 
-def random_bits(seeds: Tensor | int, shape: tuple[int, ...], stream: int, *, sub: int = 0) -> Tensor:
+def random_bits(
+    seeds: Tensor | int, shape: tuple[int, ...], stream: int, *, sub: int = 0
+) -> Tensor:
     """Raw 32-bit hash values (as int32) of shape ``(B, *shape)``."""
     device = seeds.device if isinstance(seeds, Tensor) else torch.device("cpu")
     seeds = check_seeds(seeds, torch.as_tensor(seeds).reshape(-1).shape[0], device)
@@ -202,7 +204,13 @@ def _poisson_inversion(lam: Tensor, pos: Tensor, n: int, keys: tuple[Tensor, Ten
         cdf_a = cdf_a + p_a
         k[where] = step
         go_on = u_a > cdf_a
-        where, lam_a, p_a, cdf_a, u_a = where[go_on], lam_a[go_on], p_a[go_on], cdf_a[go_on], u_a[go_on]
+        where, lam_a, p_a, cdf_a, u_a = (
+            where[go_on],
+            lam_a[go_on],
+            p_a[go_on],
+            cdf_a[go_on],
+            u_a[go_on],
+        )
     return k
 
 
@@ -229,7 +237,11 @@ def _poisson_ptrs(lam: Tensor, pos: Tensor, n: int, seeds: Tensor, stream: int) 
         slow = torch.nonzero(~accept & (k >= 0) & ((us >= 0.013) | (v <= us))).flatten()
         if slow.numel():
             t, ks, ua = todo[slow], k[slow], us[slow]
-            lhs = torch.log(v[slow]) + torch.log(invalpha[t]) - torch.log(aa[slow] / (ua * ua) + ba[slow])
+            lhs = (
+                torch.log(v[slow])
+                + torch.log(invalpha[t])
+                - torch.log(aa[slow] / (ua * ua) + ba[slow])
+            )
             rhs = -la[slow] + ks * loglam[t] - torch.lgamma(ks + 1)
             accept[slow] = lhs <= rhs
         out[todo[accept]] = k[accept]
