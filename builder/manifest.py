@@ -1,0 +1,69 @@
+"""``manifest.json`` (the package's table of contents) and the build lock.
+
+The manifest lists every shard with its sha256 and row count, the recipe (the arguments
+that determine the bytes: configs, source, splits, counts, seed, renderer, noise model,
+package version) and, per config, the features. It holds no timestamps or machine details,
+so an interrupted-then-resumed build ends with exactly the manifest of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from builder.shards import atomic_write_bytes
+
+MANIFEST = "manifest.json"
+LOCK = ".fluorobench-c.lock"
+FORMAT_VERSION = 1
+
+
+class BuildError(RuntimeError):
+    """A build that cannot go on; the message says why and what to do."""
+
+
+def read_manifest(out: Path) -> dict[str, Any] | None:
+    path = out / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BuildError(f"{path}: not a readable manifest ({exc})") from exc
+
+
+def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    atomic_write_bytes(out / MANIFEST, data)
+
+
+@contextmanager
+def build_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out`` for the duration of a build.
+
+    ``flock`` is released by the kernel when the holder dies (even by SIGKILL), so a killed
+    build never leaves a stale lock behind; a second concurrent build is refused.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise BuildError(
+                    f"{out}: another fluorobench-c build is running in this folder (lock {path})"
+                ) from exc
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
