@@ -351,9 +351,37 @@ class _ConfigBuild:
             self._clean_cache[key] = value
         return value
 
-    def _rows(self, spec: SplitSpec, ids: list[str]) -> list[dict[str, Any]]:
+    def _camera(
+        self,
+        clean: torch.Tensor,
+        mask: torch.Tensor,
+        seeds: torch.Tensor,
+        snr: float,
+        optics: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Noisy ADU images of ``optics`` (default: ``clean``) with the exposure that gives
+        ``clean`` the target ``snr``: blur changes the optics, not the exposure (k)."""
         from synthesis.noise import apply_noise, noise_parameters
 
+        model = self.opts.noise_model
+        noise = noise_parameters(clean, mask, snr, camera=self.camera, model=model)
+        target = clean if optics is None else optics
+        adu, measured = apply_noise(target, noise, seeds, model=model)
+        return adu, {**noise, "snr_measured": measured}
+
+    def reference_images(self, base: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ADU int32, mask bool), both (N, 1, H, W), of a base split at the reference SNR:
+        the same images as that split's shards."""
+        spec = SplitSpec(base, "reference", "snr", REFERENCE_SNR, base)
+        adus, masks = [], []
+        for batch in _batched(self.source.ids(base), self.opts.batch_size):
+            _, _, mask, clean = self._clean(spec, batch)
+            adu, _ = self._camera(clean, mask, self._seeds(batch, "noise"), REFERENCE_SNR)
+            adus.append(adu)
+            masks.append(mask)
+        return torch.cat(adus), torch.cat(masks)
+
+    def _rows(self, spec: SplitSpec, ids: list[str]) -> list[dict[str, Any]]:
         items, render_params, mask, clean = self._clean(spec, ids)
         noise_seeds = self._seeds(ids, "noise")
         per_row: list[dict[str, Any]] = [empty_params() for _ in ids]
@@ -363,24 +391,17 @@ class _ConfigBuild:
         elif spec.family == "clean":
             image_np = clean[:, 0].float().cpu().numpy()
         else:
-            snr = spec.level if spec.corruption == "snr" else REFERENCE_SNR
-            # k comes from the unblurred image: blur changes the optics, not the exposure.
-            noise = noise_parameters(
-                clean, mask, snr, camera=self.camera, model=self.opts.noise_model
-            )
-            optics = clean
             psf: dict[str, Any] = {"kind": "none"}
+            optics = None
             if spec.family in ("sib", "svb"):
                 from synthesis import psf as psf_mod
 
                 blur = psf_mod.sib if spec.family == "sib" else psf_mod.svb
                 optics = blur(clean, int(spec.level))
-                psf = psf_mod.psf_params(
-                    "gaussian" if spec.family == "sib" else "space_variant_gaussian",
-                    int(spec.level),
-                )
-            adu, measured = apply_noise(optics, noise, noise_seeds, model=self.opts.noise_model)
-            noise = {**noise, "snr_measured": measured}
+                kind = "gaussian" if spec.family == "sib" else "space_variant_gaussian"
+                psf = psf_mod.psf_params(kind, int(spec.level))
+            snr = spec.level if spec.corruption == "snr" else REFERENCE_SNR
+            adu, noise = self._camera(clean, mask, noise_seeds, snr, optics)
             if spec.family == "attacks":
                 adu, attack_rows = self._attack(spec, ids, adu, mask)
                 for p, a in zip(per_row, attack_rows, strict=True):

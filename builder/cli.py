@@ -146,8 +146,18 @@ def _run_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train_reference(sub: argparse._SubParsersAction) -> None:
+    from builder.reference import add_parser
+
+    add_parser(sub)
+
+
 #: Sub-commands: each adds its parser; modules of later features register here.
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_build, _add_verify]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_build,
+    _add_verify,
+    _add_train_reference,
+]
 
 
 def make_parser() -> argparse.ArgumentParser:
