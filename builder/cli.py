@@ -37,7 +37,7 @@ def _counts(value: str) -> int:
     return n
 
 
-def _progress(total: int, desc: str) -> object:
+def _progress(total: int | None, desc: str) -> object:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True)
@@ -152,11 +152,18 @@ def _add_train_reference(sub: argparse._SubParsersAction) -> None:
     add_parser(sub)
 
 
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    from builder.evaluate import add_parser
+
+    add_parser(sub)
+
+
 #: Sub-commands: each adds its parser; modules of later features register here.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_build,
     _add_verify,
     _add_train_reference,
+    _add_evaluate,
 ]
 
 
