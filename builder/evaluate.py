@@ -65,7 +65,9 @@ def load_model_spec(spec: str | None, data: str, config: str, device: torch.devi
         if Path(data).is_dir():
             path = Path(data) / rel
             if not path.exists():
-                raise ModelSpecError(f"{path}: the package has no reference model (build it with attack splits)")
+                raise ModelSpecError(
+                    f"{path}: the package has no reference model (build it with attack splits)"
+                )
         else:
             from huggingface_hub import hf_hub_download
 
@@ -123,11 +125,15 @@ def parse_attacks(items: list[str] | None) -> list[tuple[str, float]]:
     for item in items or []:
         method, _, eps = item.partition(":")
         if method not in WHITEBOX_METHODS or not eps:
-            raise ValueError(f"--attacks takes METHOD:EPS with METHOD in {', '.join(WHITEBOX_METHODS)}. Got {item!r}")
+            raise ValueError(
+                f"--attacks takes METHOD:EPS with METHOD in {', '.join(WHITEBOX_METHODS)}. Got {item!r}"
+            )
         try:
             value = float(eps)
         except ValueError:
-            raise ValueError(f"--attacks {item}: EPS must be a number of grey levels. Got {eps!r}") from None
+            raise ValueError(
+                f"--attacks {item}: EPS must be a number of grey levels. Got {eps!r}"
+            ) from None
         if not value > 0:
             raise ValueError(f"--attacks {item}: EPS must be > 0. Got {value}")
         out.append((method, value))
@@ -167,7 +173,9 @@ def evaluate_split(
     from synthesis.rng import derive_seed
 
     ds = fluorobench_c.load(data, config, split)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=fluorobench_c.collate)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, collate_fn=fluorobench_c.collate
+    )
     scores = SegmentationScores()
     for batch in loader:
         image = batch["image"].to(device)
@@ -177,11 +185,17 @@ def evaluate_split(
 
             method, eps = attack
             seeds = torch.tensor(
-                [derive_seed("whitebox", config, i, method, eps) for i in batch["id"]], dtype=torch.int64
+                [derive_seed("whitebox", config, i, method, eps) for i in batch["id"]],
+                dtype=torch.int64,
             )
             image = run_attack(
-                model, image.round().to(torch.int32), mask, method=method, eps_grey=eps,
-                seeds=seeds.to(device), preprocess=preprocess,
+                model,
+                image.round().to(torch.int32),
+                mask,
+                method=method,
+                eps_grey=eps,
+                seeds=seeds.to(device),
+                preprocess=preprocess,
             ).adu.float()
         scores.update(_predict(model, preprocess(image)).cpu(), mask.cpu())
         if progress:
@@ -218,7 +232,9 @@ def write_reports(out: Path, results: dict[str, Any]) -> None:
     from builder.shards import atomic_write_bytes
 
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "results.json", (json.dumps(results, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(
+        out / "results.json", (json.dumps(results, indent=2, sort_keys=True) + "\n").encode()
+    )
     atomic_write_bytes(out / "results.md", results_markdown(results).encode())
     plot_robustness(results, out / "robustness.png")
 
@@ -249,9 +265,13 @@ def plot_robustness(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = {"noise (SNR)": ["snr"], "blur (level)": ["sib", "svb"], "attacks (ε, grey levels)": []}
+    panels = {
+        "noise (SNR)": ["snr"],
+        "blur (level)": ["sib", "svb"],
+        "attacks (ε, grey levels)": [],
+    }
     curves: dict[str, list[tuple[float, float]]] = {}
-    for split, r in results["splits"].items():
+    for r in results["splits"].values():
         if r["family"] in ("reference", "clean", "real", "other"):
             continue
         curves.setdefault(r["family"], []).append((r["level"], r["iou"]))
@@ -289,9 +309,13 @@ def available_splits(data: str, config: str) -> list[str]:
     else:
         from huggingface_hub import hf_hub_download
 
-        manifest = json.loads(Path(hf_hub_download(data, "manifest.json", repo_type="dataset")).read_text())
+        manifest = json.loads(
+            Path(hf_hub_download(data, "manifest.json", repo_type="dataset")).read_text()
+        )
     if config not in manifest["configs"]:
-        raise ValueError(f"{data} has no config {config!r}; it has {', '.join(manifest['configs'])}")
+        raise ValueError(
+            f"{data} has no config {config!r}; it has {', '.join(manifest['configs'])}"
+        )
     return list(manifest["configs"][config]["splits"])
 
 
@@ -313,7 +337,9 @@ def evaluate(
     wanted = splits or [s for s in have if s not in ("train", "validation")]
     unknown = [s for s in wanted if s not in have]
     if unknown:
-        raise ValueError(f"{data} config {config} has no split(s) {', '.join(unknown)}; it has {', '.join(have)}")
+        raise ValueError(
+            f"{data} config {config} has no split(s) {', '.join(unknown)}; it has {', '.join(have)}"
+        )
     if "test" not in wanted:
         wanted = ["test", *wanted]  # robustness needs the reference IoU
     info = load_model_spec(model, data, config, dev)
@@ -324,8 +350,15 @@ def evaluate(
     for name, split, attack in jobs:
         bar = progress(0, f"{config} {name}") if progress else None
         per_split[name] = evaluate_split(
-            data, config, split, info.model, preprocess, device=dev, batch_size=batch_size,
-            attack=attack, progress=bar.update if bar else None,
+            data,
+            config,
+            split,
+            info.model,
+            preprocess,
+            device=dev,
+            batch_size=batch_size,
+            attack=attack,
+            progress=bar.update if bar else None,
         )
         if bar:
             bar.close()
@@ -350,12 +383,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="TorchScript file, .safetensors U-Net, or module.py:factory (default: the package's reference U-Net)",
     )
-    p.add_argument("--splits", nargs="+", default=None, help="default: every split but train/validation")
-    p.add_argument("--attacks", nargs="+", default=None, metavar="METHOD:EPS", help="white-box attacks on the model")
-    p.add_argument("--normalize", default="zscore", choices=list(NORMALIZATIONS), help="model input (default: per-image z-score)")
+    p.add_argument(
+        "--splits", nargs="+", default=None, help="default: every split but train/validation"
+    )
+    p.add_argument(
+        "--attacks",
+        nargs="+",
+        default=None,
+        metavar="METHOD:EPS",
+        help="white-box attacks on the model",
+    )
+    p.add_argument(
+        "--normalize",
+        default="zscore",
+        choices=list(NORMALIZATIONS),
+        help="model input (default: per-image z-score)",
+    )
     p.add_argument("--device", default=None)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--out", type=Path, required=True, help="folder for results.json, results.md, robustness.png")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="folder for results.json, results.md, robustness.png",
+    )
     p.set_defaults(func=run)
 
 
@@ -367,8 +418,14 @@ def run(args: argparse.Namespace) -> int:
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1. Got {args.batch_size}")
         results = evaluate(
-            args.data, args.config, model=args.model, splits=args.splits, attacks=attacks,
-            normalize=args.normalize, device=args.device, batch_size=args.batch_size,
+            args.data,
+            args.config,
+            model=args.model,
+            splits=args.splits,
+            attacks=attacks,
+            normalize=args.normalize,
+            device=args.device,
+            batch_size=args.batch_size,
             progress=lambda total, desc: _progress(None, desc),
         )
     except (ValueError, FileNotFoundError) as exc:
