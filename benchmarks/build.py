@@ -24,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import tifffile
 import torch
@@ -61,7 +60,9 @@ def collate_read(out: Path, config: str, split: str, batch_size: int = 32) -> in
     import fluorobench_c
 
     ds = fluorobench_c.load(out, config, split)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=fluorobench_c.collate)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, collate_fn=fluorobench_c.collate
+    )
     return sum(b["image"].shape[0] for b in loader)
 
 
@@ -129,10 +130,18 @@ def main() -> None:
         return
     r = result["read"]
     print(f"machine: {result['machine']}")
-    print(f"build: {rows} images in {build_s:.1f} s = {rows / build_s:.1f} images/s ({args.config}, {args.splits})")
-    print(f"read {r['split']} ({r['rows']} rows): direct pyarrow+tifffile {r['direct_images_per_s']:.0f} img/s")
-    print(f"  datasets streaming numpy   {r['datasets_numpy_images_per_s']:.0f} img/s  ratio {r['ratio_datasets_vs_direct']:.2f}x (target >= 0.5x)")
-    print(f"  + collate to torch batches {r['datasets_collate_images_per_s']:.0f} img/s  ratio {r['ratio_collate_vs_direct']:.2f}x")
+    print(
+        f"build: {rows} images in {build_s:.1f} s = {rows / build_s:.1f} images/s ({args.config}, {args.splits})"
+    )
+    print(
+        f"read {r['split']} ({r['rows']} rows): direct pyarrow+tifffile {r['direct_images_per_s']:.0f} img/s"
+    )
+    print(
+        f"  datasets streaming numpy   {r['datasets_numpy_images_per_s']:.0f} img/s  ratio {r['ratio_datasets_vs_direct']:.2f}x (target >= 0.5x)"
+    )
+    print(
+        f"  + collate to torch batches {r['datasets_collate_images_per_s']:.0f} img/s  ratio {r['ratio_collate_vs_direct']:.2f}x"
+    )
 
 
 if __name__ == "__main__":
