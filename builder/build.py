@@ -224,11 +224,32 @@ def build(opts: BuildOptions) -> dict[str, Any]:
             _ConfigBuild(opts, config, manifest, device).run()
         from builder.card import write_card
 
+        write_card(opts.out, manifest)  # load_dataset reads the card's YAML: needed below
+        for config in recipe["configs"]:
+            if "model" in manifest["configs"][config]:
+                _evaluate_reference(opts, config, device)
         write_card(opts.out, manifest)
         manifest["complete"] = True
         write_manifest(opts.out, manifest)
     logger.info("build complete: %s", opts.out)
     return manifest
+
+
+def _evaluate_reference(opts: BuildOptions, config: str, device: torch.device) -> None:
+    """Score the shipped reference model on every split: ``results/<config>.{json,md,png}``."""
+    from builder.evaluate import evaluate, write_reports
+
+    logger.info("evaluating the reference U-Net of %s on every split", config)
+    results = evaluate(
+        str(opts.out),
+        config,
+        device=str(device),
+        batch_size=opts.batch_size,
+        progress=opts.progress,
+    )
+    results["data"] = "."  # the package itself, wherever it is moved
+    folder = opts.out / "results" / config
+    write_reports(folder, results)
 
 
 class _ConfigBuild:

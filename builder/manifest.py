@@ -38,8 +38,25 @@ def read_manifest(out: Path) -> dict[str, Any] | None:
         raise BuildError(f"{path}: not a readable manifest ({exc})") from exc
 
 
+#: Mappings whose order means something: feature order is the column order, split order the
+#: build order. Every other mapping is written with sorted keys, so the bytes are canonical.
+_ORDERED = ("features", "splits")
+
+
+def _canonical(value: Any, ordered: bool = False) -> Any:
+    if isinstance(value, dict):
+        keys = list(value) if ordered else sorted(value)
+        return {
+            k: value[k] if k == "features" else _canonical(value[k], ordered=k in _ORDERED)
+            for k in keys
+        }
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value
+
+
 def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
-    data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    data = (json.dumps(_canonical(manifest), indent=2) + "\n").encode()
     atomic_write_bytes(out / MANIFEST, data)
 
 
