@@ -236,7 +236,8 @@ def build(opts: BuildOptions) -> dict[str, Any]:
 
 
 def _evaluate_reference(opts: BuildOptions, config: str, device: torch.device) -> None:
-    """Score the shipped reference model on every split: ``results/<config>.{json,md,png}``."""
+    """Score the shipped reference model on every split: ``results/<config>.json`` and
+    ``.md``, and ``results/<config>-robustness.png``."""
     from builder.evaluate import evaluate, write_reports
 
     logger.info("evaluating the reference U-Net of %s on every split", config)
@@ -248,8 +249,7 @@ def _evaluate_reference(opts: BuildOptions, config: str, device: torch.device) -
         progress=opts.progress,
     )
     results["data"] = "."  # the package itself, wherever it is moved
-    folder = opts.out / "results" / config
-    write_reports(folder, results)
+    write_reports(opts.out / "results", results, stem=config)
 
 
 class _ConfigBuild:
