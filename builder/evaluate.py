@@ -228,15 +228,17 @@ def summarise(per_split: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {f: {"mean_robustness": sum(v) / len(v), "splits": len(v)} for f, v in families.items()}
 
 
-def write_reports(out: Path, results: dict[str, Any]) -> None:
+def write_reports(out: Path, results: dict[str, Any], *, stem: str | None = None) -> None:
+    """``results.json``, ``results.md`` and ``robustness.png`` in ``out`` (with ``stem``:
+    ``<stem>.json``, ``<stem>.md`` and ``<stem>-robustness.png``)."""
     from builder.shards import atomic_write_bytes
 
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(
-        out / "results.json", (json.dumps(results, indent=2, sort_keys=True) + "\n").encode()
-    )
-    atomic_write_bytes(out / "results.md", results_markdown(results).encode())
-    plot_robustness(results, out / "robustness.png")
+    base = stem or "results"
+    data = (json.dumps(results, indent=2, sort_keys=True) + "\n").encode()
+    atomic_write_bytes(out / f"{base}.json", data)
+    atomic_write_bytes(out / f"{base}.md", results_markdown(results).encode())
+    plot_robustness(results, out / (f"{stem}-robustness.png" if stem else "robustness.png"))
 
 
 def results_markdown(results: dict[str, Any]) -> str:
