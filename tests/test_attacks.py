@@ -1,0 +1,313 @@
+"""Attacks: exact budgets in ADU, known gradient directions, strength ordering, errors."""
+
+import pytest
+import torch
+from torch import nn
+
+from synthesis import rng
+from synthesis.attacks import (
+    ATTACK_START_STREAM,
+    METHODS,
+    _objective,
+    attack,
+    minmax,
+    pixel_loss,
+    random_start,
+)
+from synthesis.levels import ATTACKS
+from synthesis.metrics import iou, logits_to_mask
+from synthesis.training import normalize, train_segmenter
+from synthesis.unet import UNet
+
+
+def toy_data(n: int, size: int = 32, seed: int = 0):
+    """Integer ADU images of 1-3 bright disks (contrast 300 ADU, noise sigma 150 ADU)."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    cy, cx = (torch.rand(n, 3, 1, 1, generator=g) * size for _ in range(2))
+    r = 2 + torch.rand(n, 3, 1, 1, generator=g) * size / 6
+    mask = (((yy - cy) ** 2 + (xx - cx) ** 2) < r**2).any(1, keepdim=True)
+    noise = rng.normal(torch.arange(n) + 1000 * seed, (1, size, size), stream=7)
+    adu = torch.round(200 + 300 * mask.float() + 150 * noise).clamp(0, 65535)
+    return adu, mask
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models run faster and far more steadily on one thread on a shared 2-core machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def test_set():
+    adu, mask = toy_data(16, seed=1)
+    return adu.to(torch.int32), mask
+
+
+def _trained(out_channels: int):
+    a, m = toy_data(64, seed=0)
+    va, vm = toy_data(16, seed=2)
+    net = UNet(out_channels=out_channels, base_channels=4, depth=3)
+    kw = dict(epochs=12, batch_size=8, lr=1e-2, seed=0)
+    result = train_segmenter(net, normalize(a), m, normalize(va), vm, **kw)
+    assert result.best_val_iou > 0.8
+    return net
+
+
+@pytest.fixture(scope="module")
+def net1():
+    return _trained(1)
+
+
+@pytest.fixture(scope="module")
+def net2():
+    return _trained(2)
+
+
+def _score(net, adu, mask):
+    with torch.no_grad():
+        return iou(logits_to_mask(net(normalize(adu.float()))), mask).mean().item()
+
+
+def _check_budget(adu, result, eps_grey):
+    """The stored perturbation obeys eps exactly, and linf_grey is what it realises."""
+    base = adu.to(torch.int64)
+    out = result.adu.to(torch.int64)
+    assert result.adu.dtype == torch.int32 and result.adu.shape == adu.shape
+    assert int(out.min()) >= 0 and int(out.max()) <= 65535
+    rng_adu = (base.flatten(1).amax(1) - base.flatten(1).amin(1)).double()
+    bound = torch.floor(eps_grey * rng_adu / 255)
+    d = (out - base).abs().flatten(1).amax(1).double()
+    assert bool((d <= bound).all()) and torch.equal(result.eps_adu.double(), bound)
+    linf = d * 255 / rng_adu
+    assert bool((result.linf_grey <= eps_grey).all())
+    torch.testing.assert_close(result.linf_grey.double(), linf, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("eps", [1, 8, 32, 2.5])
+def test_budget_is_exact_after_rounding(net1, test_set, method, eps):
+    adu, mask = test_set
+    result = attack(net1, adu, mask, method=method, eps_grey=eps, seeds=torch.arange(16))
+    _check_budget(adu, result, eps)
+    # Most images use their whole integer budget somewhere.
+    assert (result.linf_grey.double() * (result.hi_adu - result.lo_adu) / 255).round().eq(
+        result.eps_adu
+    ).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("method", ["fgsm", "pgd"])
+def test_budget_and_clipping_at_the_ends_of_the_adc_range(net1, method):
+    # Ranges from 0 to 65535 (one grey level = 257 ADU) and a narrow one (300 ADU, eps 1 =
+    # 1.18 ADU: the budget is 1 ADU after flooring, never 2 after rounding).
+    adu, mask = toy_data(4, seed=5)
+    adu = adu.to(torch.int64)
+    adu[0, 0, 0, 0], adu[0, 0, 0, 1] = 0, 65535
+    adu[1] = (adu[1] - adu[1].min()).clamp(max=300)
+    for eps in (1, 16):
+        result = attack(net1, adu, mask, method=method, eps_grey=eps, seeds=torch.arange(4))
+        _check_budget(adu, result, eps)
+    assert result.lo_adu[0] == 0 and result.hi_adu[0] == 65535
+
+
+def test_fgsm_moves_every_pixel_by_the_budget_in_the_known_direction():
+    # A linear model z = x - 0.5 on the [0, 1] image (no z-score): the BCE gradient
+    # sigmoid(z) - y is > 0 on background and < 0 on foreground, so FGSM raises the
+    # background and lowers the foreground by exactly floor(eps * range / 255) ADU, except
+    # where that would leave [lo, hi].
+    net = nn.Conv2d(1, 1, 1)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+        net.bias.fill_(-0.5)
+    adu, mask = toy_data(4, seed=3)
+    eps = 4
+    result = attack(net, adu, mask, method="fgsm", eps_grey=eps, preprocess=lambda x: x)
+    lo = adu.flatten(1).amin(1).view(-1, 1, 1, 1)
+    hi = adu.flatten(1).amax(1).view(-1, 1, 1, 1)
+    step = torch.floor(eps * (hi - lo) / 255)
+    expected = torch.where(mask, adu - step, adu + step)
+    expected = torch.minimum(torch.maximum(expected, lo), hi)
+    assert torch.equal(result.adu.float(), expected)
+    assert net.weight.grad is None  # input gradients only
+
+
+def test_stronger_attacks_and_larger_budgets_lower_iou_more(net1, test_set):
+    adu, mask = test_set
+    clean = _score(net1, adu, mask)
+    scores = {}
+    for method in ("fgsm", "ifgsm", "pgd"):
+        for eps in (1, 4, 8, 16):
+            r = attack(net1, adu, mask, method=method, eps_grey=eps, seeds=torch.arange(16))
+            scores[method, eps] = _score(net1, r.adu, mask)
+    for method in ("fgsm", "ifgsm", "pgd"):
+        seq = [clean] + [scores[method, e] for e in (1, 4, 8, 16)]
+        assert all(b <= a for a, b in zip(seq[:-1], seq[1:], strict=True)), (method, seq)
+        assert scores[method, 16] < clean - 0.1
+    # At a budget its 10 steps of 2 grey levels can span (2 eps <= 20), PGD is at least as
+    # strong as FGSM; so is I-FGSM with its smaller steps.
+    for eps in (4, 8):
+        assert scores["pgd", eps] <= scores["fgsm", eps]
+        assert scores["ifgsm", eps] <= scores["fgsm", eps]
+
+
+@pytest.mark.parametrize("method", ["segpgd", "cospgd", "pgd"])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_segmentation_attacks_on_one_and_two_channel_models(net1, net2, test_set, method, channels):
+    net = net1 if channels == 1 else net2
+    adu, mask = test_set
+    clean = _score(net, adu, mask)
+    result = attack(net, adu, mask, method=method, eps_grey=8, seeds=torch.arange(16))
+    _check_budget(adu, result, 8)
+    assert _score(net, result.adu, mask) < clean - 0.03
+    assert result.params["loss"] == ("bce_with_logits" if channels == 1 else "cross_entropy")
+
+
+def test_segpgd_and_cospgd_weights():
+    # Two pixels: the first classified correctly, the second wrongly; per-pixel loss [1, 2].
+    logits = torch.tensor([2.0, 1.0]).view(1, 1, 1, 2)  # p(fg) = 0.881, 0.731
+    mask = torch.tensor([True, False]).view(1, 1, 1, 2)
+    values = torch.tensor([1.0, 2.0]).view(1, 1, 1, 2)
+
+    def loss(lg, m):
+        return values
+
+    # SegPGD: lambda = t / (2T) for 0-based t; sum over pixels divided by H W = 2.
+    got = _objective("segpgd", logits, mask, loss, 0, 10).item()
+    assert got == pytest.approx((1.0 * 1 + 0.0 * 2) / 2)
+    got = _objective("segpgd", logits, mask, loss, 5, 10).item()
+    assert got == pytest.approx((0.75 * 1 + 0.25 * 2) / 2)
+    # CosPGD: cos(p, onehot(y)) = p_y / ||p||, with p = (1 - s, s), s = sigmoid(logit).
+    s = torch.sigmoid(torch.tensor([2.0, 1.0]))
+    p = torch.stack([1 - s, s])
+    cos = torch.stack([p[1, 0], p[0, 1]]) / p.norm(dim=0)
+    got = _objective("cospgd", logits, mask, loss, 0, 10).item()
+    assert got == pytest.approx(float(cos[0] * 1 + cos[1] * 2), rel=1e-6)
+    # Two-channel logits (0, z) give the same weights as one logit z.
+    two = torch.cat([torch.zeros_like(logits), logits], dim=1)
+    assert _objective("cospgd", two, mask, loss, 0, 10).item() == pytest.approx(got, rel=1e-6)
+
+
+def test_pixel_loss_values():
+    logits = torch.tensor([0.0, 2.0]).view(1, 1, 1, 2)
+    mask = torch.tensor([True, False]).view(1, 1, 1, 2)
+    expected = torch.tensor([0.6931472, 2.126928]).view(1, 1, 1, 2)  # ln 2, ln(1 + e^2)
+    torch.testing.assert_close(pixel_loss(logits, mask), expected)
+    two = torch.cat([torch.zeros_like(logits), logits], dim=1)
+    torch.testing.assert_close(pixel_loss(two, mask), expected)
+
+
+def test_random_start_replay_and_batch_independence(net1, test_set):
+    adu, mask = test_set
+    seeds = torch.arange(100, 116)
+    a = attack(net1, adu, mask, method="pgd", eps_grey=8, seeds=seeds)
+    b = attack(net1, adu, mask, method="pgd", eps_grey=8, seeds=seeds)
+    assert torch.equal(a.adu, b.adu)
+    c = attack(net1, adu, mask, method="pgd", eps_grey=8, seeds=seeds + 1)
+    assert not torch.equal(a.adu, c.adu)
+    # A row does not depend on the batch it is attacked in.
+    rows = [
+        attack(net1, adu[i : i + 1], mask[i : i + 1], method="pgd", eps_grey=8, seeds=seeds[i])
+        for i in (3, 11)
+    ]
+    assert torch.equal(rows[0].adu, a.adu[3:4]) and torch.equal(rows[1].adu, a.adu[11:12])
+    # The start is uniform on [-eps, eps] (mean 0, variance eps^2 / 3 within 3%, 65k values).
+    start = random_start(seeds, (1, 64, 64), 0.5)
+    assert start.abs().max() <= 0.5
+    assert abs(start.mean().item()) < 0.01
+    assert start.var().item() == pytest.approx(0.25 / 3, rel=0.03)
+    u = rng.uniform(seeds, (1, 64, 64), ATTACK_START_STREAM)
+    torch.testing.assert_close(start, (2 * u - 1) * 0.5)
+
+
+def test_model_state_is_left_alone(net1, test_set):
+    adu, mask = test_set
+    net1.train()
+    net1.zero_grad(set_to_none=True)
+    before = {k: v.clone() for k, v in net1.state_dict().items()}
+    attack(net1, adu[:2], mask[:2], method="ifgsm", eps_grey=2)
+    assert net1.training
+    net1.eval()
+    assert all(p.grad is None for p in net1.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in net1.state_dict().items())
+
+
+def test_params_follow_the_protocols(net1, test_set):
+    adu, mask = test_set
+    adu_u16 = adu[:2].to(torch.uint16)
+    r = attack(net1, adu_u16, mask[:2], method="ifgsm", eps_grey=8)
+    assert (r.params["iterations"], r.params["step_grey"]) == (ATTACKS["ifgsm"].iterations(8), 1.0)
+    assert r.params["iterations"] == 10 and r.params["random_start"] is False
+    r = attack(net1, adu[:2].float(), mask[:2], method="fgsm", eps_grey=4)
+    assert (r.params["iterations"], r.params["step_grey"]) == (1, 4.0)
+    r = attack(net1, adu[:2], mask[:2], method="pgd", eps_grey=4, seeds=torch.arange(2))
+    assert (r.params["iterations"], r.params["step_grey"], r.params["random_start"]) == (
+        10,
+        2.0,
+        True,
+    )
+    r = attack(net1, adu[:2], mask[:2], method="segpgd", eps_grey=4, seeds=0, iterations=3)
+    assert r.params["iterations"] == 3 and r.params["method"] == "segpgd"
+
+
+def test_minmax():
+    x = torch.tensor([[[[100.0, 150.0, 300.0]]], [[[5.0, 6.0, 7.0]]]])
+    s, lo, hi = minmax(x)
+    assert s.tolist() == [[[[0.0, 0.25, 1.0]]], [[[0.0, 0.5, 1.0]]]]
+    assert lo.tolist() == [100.0, 5.0] and hi.tolist() == [300.0, 7.0]
+
+
+class _Const(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 1)
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(self.conv(x))
+
+
+def test_errors(net1, test_set):
+    adu, mask = test_set
+    adu, mask = adu[:2], mask[:2]
+    ok = dict(method="fgsm", eps_grey=4)
+    with pytest.raises(ValueError, match="method must be one of.*Got 'cw'"):
+        attack(net1, adu, mask, method="cw", eps_grey=4)
+    with pytest.raises(ValueError, match="eps_grey must be a finite number > 0. Got 0.0"):
+        attack(net1, adu, mask, method="fgsm", eps_grey=0)
+    with pytest.raises(ValueError, match="iterations must be an int >= 1. Got 0"):
+        attack(net1, adu, mask, method="pgd", eps_grey=4, seeds=0, iterations=0)
+    with pytest.raises(ValueError, match=r"random point: pass seeds of shape \(2,\). Got None"):
+        attack(net1, adu, mask, method="pgd", eps_grey=4)
+    with pytest.raises(
+        ValueError, match=r"integer ADU values.*Got fractional values such as \d+\.5"
+    ):
+        attack(net1, adu.float() + 0.5, mask, **ok)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 65535\]"):
+        attack(net1, adu - 10_000, mask, **ok)
+    with pytest.raises(ValueError, match=r"not be constant.*Got constant image\(s\) \[1\]"):
+        attack(net1, torch.stack([adu[0], torch.full_like(adu[1], 7)]), mask, **ok)
+    with pytest.raises(ValueError, match=r"mask must have the image shape"):
+        attack(net1, adu, mask[:1], **ok)
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\).*\(B, 2, H, W\).*Got \(2, 3, 32, 32\)"):
+        attack(_Const(lambda z: z.repeat(1, 3, 1, 1)), adu, mask, **ok)
+    with pytest.raises(ValueError, match=r"match the input.*Got \(2, 1, 16, 16\)"):
+        attack(_Const(lambda z: z[..., ::2, ::2]), adu, mask, **ok)
+    with pytest.raises(TypeError, match="Got tuple"):
+        attack(_Const(lambda z: (z,)), adu, mask, **ok)
+    with pytest.raises(ValueError, match=r"segpgd weights the loss per pixel.*Got \(2,\)"):
+        attack(
+            net1,
+            adu,
+            mask,
+            method="segpgd",
+            eps_grey=4,
+            seeds=0,
+            loss=lambda lg, m: pixel_loss(lg, m).flatten(1).mean(1),
+        )
+    with pytest.raises(ValueError, match="leading batch dimension 2.*Got torch.Size"):
+        attack(net1, adu, mask, loss=lambda lg, m: pixel_loss(lg, m).sum(), **ok)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="outside torch.inference_mode"):
+        attack(net1, adu, mask, **ok)
