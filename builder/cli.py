@@ -164,6 +164,8 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_verify,
     _add_train_reference,
     _add_evaluate,
+    lambda sub: __import__("builder.publish", fromlist=["add_parser"]).add_parser(sub),
+    lambda sub: __import__("builder.synthesizer", fromlist=["add_parser"]).add_parser(sub),
 ]
 
 
