@@ -1,5 +1,7 @@
 """Attacks: exact budgets in ADU, known gradient directions, strength ordering, errors."""
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -311,3 +313,20 @@ def test_errors(net1, test_set):
         attack(net1, adu, mask, loss=lambda lg, m: pixel_loss(lg, m).sum(), **ok)
     with torch.inference_mode(), pytest.raises(RuntimeError, match="outside torch.inference_mode"):
         attack(net1, adu, mask, **ok)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu(net1, test_set):
+    adu, mask = test_set
+    cpu = attack(net1, adu, mask, method="pgd", eps_grey=8, seeds=torch.arange(16))
+    gpu_net = UNet(base_channels=4, depth=3).cuda()
+    gpu_net.load_state_dict(net1.state_dict())
+    gpu = attack(gpu_net, adu.cuda(), mask.cuda(), method="pgd", eps_grey=8, seeds=torch.arange(16))
+    assert gpu.adu.is_cuda
+    on_cpu = dataclasses.replace(
+        gpu, adu=gpu.adu.cpu(), linf_grey=gpu.linf_grey.cpu(), eps_adu=gpu.eps_adu.cpu()
+    )
+    _check_budget(adu, on_cpu, 8)
+    # Same random start; gradient signs may differ only where a gradient is ~0.
+    assert (gpu.adu.cpu() == cpu.adu).float().mean() > 0.98
