@@ -334,7 +334,8 @@ def attack(
     alpha = step / GREY_LEVELS
     loss_fn = pixel_loss if loss is None else loss
 
-    was_training = model.training
+    # Each submodule's own mode is restored afterwards (a model may hold frozen eval-mode parts).
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     n_channels = 0
     try:
@@ -350,7 +351,8 @@ def attack(
                 x = x.detach() + alpha * grad.sign()
                 x = torch.minimum(torch.maximum(x, x0 - eps), x0 + eps).clamp(0.0, 1.0)
     finally:
-        model.train(was_training)
+        for module, mode in modes:
+            module.training = mode
 
     # Back to ADU, rounded; the budget is enforced on the integer perturbation (float64 so the
     # realised L-inf below is computed with the same monotone arithmetic as the bound).

@@ -227,10 +227,12 @@ def test_random_start_replay_and_batch_independence(net1, test_set):
 def test_model_state_is_left_alone(net1, test_set):
     adu, mask = test_set
     net1.train()
+    net1.down[0].eval()  # a frozen part stays frozen
     net1.zero_grad(set_to_none=True)
     before = {k: v.clone() for k, v in net1.state_dict().items()}
     attack(net1, adu[:2], mask[:2], method="ifgsm", eps_grey=2)
-    assert net1.training
+    assert net1.training and net1.up.training and not net1.down[0].training
+    assert not net1.down[0][1].training
     net1.eval()
     assert all(p.grad is None for p in net1.parameters())
     assert all(torch.equal(v, before[k]) for k, v in net1.state_dict().items())
