@@ -479,17 +479,23 @@ def publish(
         )
 
     if dry_run:
+        from huggingface_hub.utils import HfHubHTTPError
+
         try:
-            with _errors(endpoint, scrub, "reading the repo"):
-                remote = _read_remote(api, repo_id, revision)
-        except PublishError as exc:
+            remote = _read_remote(api, repo_id, revision)
+        except (HfHubHTTPError, *_transport_errors()) as exc:
             plan = plan_for(None)
-            plan.remote, plan.note = "unknown", f"could not read the repo ({exc}); listing all"
+            plan.remote = "unknown"
+            plan.note = scrub(
+                f"could not read {repo_id} at {endpoint} ({_short(exc)}): every file is "
+                "listed as new"
+            )
             return PublishResult(repo_id, revision, url, plan, dry_run=True)
         plan = plan_for(remote.tree, remote.exists and not remote.branch_exists)
         plan.head = remote.head
         if not remote.exists:
-            plan.note = f"the repo does not exist; it would be created ({'private' if private else 'public'})"
+            visibility = "private" if private else "public"
+            plan.note = f"the repo does not exist; it would be created ({visibility})"
         return PublishResult(repo_id, revision, url, plan, dry_run=True)
 
     if not token:

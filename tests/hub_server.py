@@ -146,6 +146,7 @@ class HubState:
         self.repos: dict[tuple[str, str], Repo] = {}
         self.requests: list[tuple[str, str, str]] = []  # (method, route, path)
         self.faults: list[Fault] = []
+        self.ranges = 0  # partial (Range) file reads served
         self.lock = threading.RLock()
 
     def add_fault(self, route: str, **kwargs: Any) -> Fault:
@@ -462,9 +463,12 @@ class _Handler(BaseHTTPRequestHandler):
         repo_type = payload.get("type") or "model"
         repo_id = f"{org}/{name}"
         state = self.server.state
+        url = f"{self._base()}/{PREFIX[repo_type]}{repo_id}"
         with state.lock:
-            if (repo_type, repo_id) in state.repos:
-                raise _HTTPError(409, "You already created this dataset repo")
+            if (repo_type, repo_id) in state.repos:  # the Hub answers the url with the 409
+                msg = "You already created this dataset repo"
+                self._send_json({"error": msg, "url": url}, 409, {"X-Error-Message": msg})
+                return
             private = payload.get("visibility") == "private" or bool(payload.get("private"))
             repo = Repo(repo_type, repo_id, private)
             repo.commit(
@@ -473,7 +477,6 @@ class _Handler(BaseHTTPRequestHandler):
                 "initial commit",
             )
             state.repos[(repo_type, repo_id)] = repo
-        url = f"{self._base()}/{PREFIX[repo_type]}{repo_id}"
         self._send_json({"url": url, "name": repo_id, "id": repo_id})
 
     def _r_info(self, params: dict, query: dict, body: bytes) -> None:
@@ -711,6 +714,8 @@ class _Handler(BaseHTTPRequestHandler):
             if start >= len(data) and len(data) > 0:
                 raise _HTTPError(416, f"range {rng} outside 0-{len(data) - 1}")
             status, content = 206, data[start : end + 1]
+            with self.server.state.lock:
+                self.server.state.ranges += 1
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
         self._send(status, content, headers, content_type="application/octet-stream")
 
