@@ -342,9 +342,13 @@ class _ConfigBuild:
             from synthesis.render import render
 
             return render
-        raise BuildError(
-            "--renderer gan needs the pix2pix generator, which this version does not include yet"
-        )
+        from synthesis.gan_renderer import GanRenderer
+
+        # --weights DIR (from train-synthesizer), or the generator shipped in the package.
+        try:
+            return GanRenderer.from_weights(self.opts.weights, self.config, self.device)
+        except (FileNotFoundError, ValueError) as exc:
+            raise BuildError(f"--renderer gan: {exc}") from None
 
     def _seeds(self, ids: list[str], purpose: str) -> torch.Tensor:
         vals = [derive_seed(self.opts.seed, self.config, i, purpose) for i in ids]
