@@ -199,6 +199,13 @@ def test_instances_vary_brightness_between_nuclei():
     assert np.std(np.log(means)) > 0.05  # log-sd of the gains is 0.15-0.45
 
 
+def test_images_are_finite_where_a_uniform_rounds_to_one():
+    # For this seed rng.normal(stream 251) holds an inf (a float32 uniform rounded to 1.0).
+    seed = torch.tensor([674459878199425333])
+    out = render(_square_mask(1, 256), seed, "nucleus")
+    assert bool(torch.isfinite(out.image).all())
+
+
 def test_non_contiguous_and_float_mask():
     m = _square_mask(2, 64)
     base = render(m, torch.tensor([1, 2]), "mito").image
