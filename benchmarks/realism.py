@@ -50,7 +50,8 @@ sys.path.insert(0, str(ROOT))
 
 from synthesis import rng  # noqa: E402
 from synthesis.masks import STRUCTURES, generate_masks  # noqa: E402
-from synthesis.render import gaussian_blur, render  # noqa: E402
+from synthesis.psf import gaussian_blur  # noqa: E402
+from synthesis.render import render  # noqa: E402
 from synthesis.rng import derive_seed  # noqa: E402
 from synthesis.sources import SPLITS, open_source  # noqa: E402
 
