@@ -11,7 +11,7 @@ The loopback server makes the network free, so the figures are the client-side o
 (hashing, requests, verify). Timings exclude interpreter start-up: each client runs in a
 subprocess (the hub libraries read ``HF_ENDPOINT`` at import) and times its own call.
 
-    python benchmarks/publish.py [--package PATH] [--test 16] [--files-per-commit 20] [--json]
+    python benchmarks/publish.py [--package PATH] [--test 8] [--files-per-commit 20] [--json]
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def client(hub: LoopbackHub, home: Path, code: str, *args: str) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--package", type=Path, default=None, help="an existing package folder")
-    p.add_argument("--test", type=int, default=16, help="test images of the build (no --package)")
+    p.add_argument("--test", type=int, default=8, help="test images of the build (no --package)")
     p.add_argument("--files-per-commit", type=int, default=20)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
@@ -92,7 +92,7 @@ def main() -> None:
 
             out = tmp_path / "pkg"
             build = ["build", str(out), "--config", "mito", "--splits", "reference", "snr"]
-            build += ["sib", "svb", "--train", "4", "--validation", "2", "--test", str(args.test)]
+            build += ["sib", "--train", "4", "--validation", "2", "--test", str(args.test)]
             build += ["--shard-size", "4", "--device", "cpu"]  # many files, as a big build has
             assert cli(build) == 0
         files = [f for f in out.rglob("*") if f.is_file() and not f.name.startswith(".")]
