@@ -257,7 +257,9 @@ def _results(manifest: dict[str, Any], out: Path | None) -> str:
             "| split | images | IoU | Dice | robustness |",
             "|---|---:|---:|---:|---:|",
         ]
-        for name, r in splits.items():
+        order = list(manifest["configs"][c]["splits"])  # the package's order, then the rest
+        for name in sorted(splits, key=lambda n: (order.index(n) if n in order else len(order), n)):
+            r = splits[name]
             lines.append(
                 f"| `{name}` | {r.get('images', '—')} | {_fmt(r.get('iou'))} | "
                 f"{_fmt(r.get('dice'))} | {_fmt(r.get('robustness'), 1)} |"
@@ -266,6 +268,9 @@ def _results(manifest: dict[str, Any], out: Path | None) -> str:
         if families:
             lines += ["", "| family | mean robustness |", "|---|---:|"]
             lines += [f"| {f} | {_fmt(v.get('mean_robustness'), 1)} |" for f, v in families.items()]
+        plot = path.with_name(f"{c}-robustness.png")
+        if plot.exists():
+            lines += ["", f"![{c} robustness]({plot.relative_to(out).as_posix()})"]
         blocks.append("\n".join(lines))
     if not blocks:
         return (
