@@ -7,11 +7,17 @@ or a refused build (one clear line on stderr, nothing written).
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
+
+# torch's OpenMP threads spin while waiting by default: on a busy 2-core machine that made
+# 2 threads 5-10x slower than 1. Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from builder import __version__
 
@@ -146,41 +152,46 @@ def _run_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_train_reference(sub: argparse._SubParsersAction) -> None:
-    from builder.reference import add_parser
-
-    add_parser(sub)
-
-
-def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    from builder.evaluate import add_parser
-
-    add_parser(sub)
-
-
-#: Sub-commands: each adds its parser; modules of later features register here.
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_build,
-    _add_verify,
-    _add_train_reference,
-    _add_evaluate,
-    lambda sub: __import__("builder.publish", fromlist=["add_parser"]).add_parser(sub),
-    lambda sub: __import__("builder.synthesizer", fromlist=["add_parser"]).add_parser(sub),
-]
+#: Sub-commands: name -> (help, parser builder or the module whose ``add_parser`` adds it).
+#: Modules are imported only for the command being run (torch makes imports take seconds).
+COMMANDS: dict[str, tuple[str, Callable[[argparse._SubParsersAction], None] | str]] = {
+    "build": ("build ER-C / Mito-C / Nucleus-C into a Hub package folder", _add_build),
+    "verify": ("re-hash shards and check counts, schema, YAML, loading, id pairing", _add_verify),
+    "train-reference": ("train the reference U-Net of a package's config", "builder.reference"),
+    "evaluate": ("stream a benchmark into a model; IoU, Dice, robustness", "builder.evaluate"),
+    "publish": ("upload a verified package to the Hugging Face Hub", "builder.publish"),
+    "train-synthesizer": ("train the pix2pix mask-to-image generator", "builder.synthesizer"),
+}
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or (``only``) one with just that sub-command's options loaded."""
     parser = _Parser(prog="fluorobench-c", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in COMMANDS:
-        add(sub)
+    for name, (help_text, add) in COMMANDS.items():
+        if only is not None and name != only:
+            sub.add_parser(name, help=help_text)
+        elif isinstance(add, str):
+            importlib.import_module(add).add_parser(sub)
+        else:
+            add(sub)
     return parser
 
 
+def _command_of(argv: Sequence[str]) -> str | None:
+    for arg in argv:
+        if arg in ("-h", "--help", "--version"):
+            return None
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = make_parser(_command_of(argv)).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
@@ -195,4 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under ``python -m builder.cli`` this file runs as __main__ *and* is imported as
+    # builder.cli by the sub-commands: use the imported one, so its UsageError is caught.
+    from builder.cli import main as _main
+
+    sys.exit(_main())

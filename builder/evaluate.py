@@ -20,12 +20,13 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from builder.plan import CONFIGS, SPLITS
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,9 @@ def load_model_spec(spec: str | None, data: str, config: str, device: torch.devi
         ModelSpecError: a missing file, a bad ``module.py:factory`` or a factory that does not
             return an ``nn.Module``.
     """
+    import torch
+    from torch import nn
+
     from synthesis.unet import load_model
 
     if spec is None or spec == "reference":
@@ -141,6 +145,8 @@ def parse_attacks(items: list[str] | None) -> list[tuple[str, float]]:
 
 
 def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    import torch
+
     from synthesis.metrics import check_logits, logits_to_mask
 
     with torch.no_grad():
@@ -168,6 +174,8 @@ def evaluate_split(
     progress: Callable[[int], object] | None = None,
 ) -> dict[str, float | int]:
     """Scores of one split (streamed), optionally under a white-box attack on ``model``."""
+    import torch
+
     import fluorobench_c
     from synthesis.metrics import SegmentationScores
     from synthesis.rng import derive_seed
@@ -334,6 +342,8 @@ def evaluate(
     progress: Callable[[int, str], Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``splits`` of a package; return the results dict."""
+    import torch
+
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     have = available_splits(data, config)
     wanted = splits or [s for s in have if s not in ("train", "validation")]

@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from builder.shards import atomic_write_bytes, sha256_file
 
 if TYPE_CHECKING:
+    import torch
+
     from builder.build import _ConfigBuild
     from synthesis.unet import UNet
 
@@ -210,6 +210,8 @@ def _read_split(data: str, config: str, split: str) -> tuple[torch.Tensor, torch
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from builder.cli import UsageError
 
     if args.out is None and not Path(args.data).is_dir():
