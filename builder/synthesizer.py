@@ -301,7 +301,7 @@ def train_generator(
         simage.to(device) * 2 - 1,
     )
     update = progress(settings.steps, name) if progress else None
-    log = fit(trainer, batch_fn, out, samples=samples, progress=update)
+    fit(trainer, batch_fn, out, samples=samples, progress=update)
     meta = {
         "structure": structure,
         "kind": "mask-to-image generator (pix2pix)",
@@ -311,7 +311,13 @@ def train_generator(
     }
     sha = save_weights(trainer.G, out / f"{name}.safetensors", metadata=meta)
     last = _last_losses(out / f"{name}-loss.jsonl")
-    return {"sha256": sha, "step": trainer.step, "final_losses": last, "logged": len(log)}
+    return {
+        "sha256": sha,
+        "step": trainer.step,
+        "final_losses": last,
+        "train_seconds": round(trainer.seconds, 1),
+        "device": str(device),
+    }
 
 
 def _last_losses(path: Path, n: int = 20) -> dict[str, float]:
@@ -414,46 +420,51 @@ def train_denoiser(
         "clean_model": {k: v for k, v in clean_model.to_dict().items() if k != "background_levels"},
         "residual_noise_median": metrics,
         "final_losses": _last_losses(out / f"{name}-loss.jsonl"),
+        "train_seconds": round(trainer.seconds, 1),
     }
 
 
 def fit_models(train_set: Any, quant: list[float]) -> tuple[Any, Any]:
-    """Fit the noise model (per image) and the clean-target model on up to FIT_IMAGES pairs."""
+    """Fit the noise model (one fit per image) and the clean-target model (pooled objects)
+    on up to :data:`FIT_IMAGES` training images, batched by image size."""
     from synthesis import denoise as dn
 
-    fits, obj_imgs, obj_masks, obj_labels = [], [], [], []
-    # Images differ in size: one fit per image (a loop over images, not pixels).
+    groups: dict[tuple[int, int], list[int]] = {}
     for i in range(min(len(train_set), FIT_IMAGES)):
-        m = train_set.masks[i][None, None]
-        x = train_set.images[i][None, None]
-        if not bool(m.any()) or bool(m.all()):
+        groups.setdefault(tuple(train_set.masks[i].shape), []).append(i)
+    fits, images, masks, labels = [], [], [], []
+    # Source tiles share one size: usually a single batch (a loop over sizes, not images).
+    for idx in groups.values():
+        m = torch.stack([train_set.masks[i] for i in idx])[:, None]
+        x = torch.stack([train_set.images[i] for i in idx])[:, None]
+        ok = dn.noise_fit_ok(m)
+        if not bool(ok.any()):
             continue
-        try:
-            fits.append(dn.fit_noise(x, m, quant[i]))
-        except ValueError as exc:
-            logger.debug("noise fit skipped for pair %d: %s", i, exc)
-            continue
-        obj_imgs.append(x)
-        obj_masks.append(m)
-        lab = train_set.labels[i][None, None] if train_set.labels is not None else None
-        obj_labels.append(lab)
+        q = torch.tensor([quant[i] for i in idx], dtype=torch.float64)
+        fits.append(dn.fit_noise(x[ok], m[ok], q[ok]))
+        images.append(x[ok])
+        masks.append(m[ok])
+        if train_set.labels is not None:
+            labels.append(torch.stack([train_set.labels[i] for i in idx])[:, None][ok])
     if not fits:
         raise ValueError("no image had enough background and foreground to fit the noise model")
     noise = dn.NoiseModel(
         **{k: torch.cat([getattr(f, k) for f in fits]) for k in dn.NoiseModel.__dataclass_fields__}
     )
-    means, bgs = [], []
-    for x, m, lab in zip(obj_imgs, obj_masks, obj_labels, strict=True):
-        cm = dn.fit_clean_model(x, m, lab)
-        means.append((cm.gamma_shape, cm.gamma_scale))
-        bgs.extend(cm.background_levels)
-    # Pool per-image object statistics: the mixture's mean and variance.
-    mu_i = np.array([k * t for k, t in means])
-    var_i = np.array([k * t * t for k, t in means])
-    mu = float(mu_i.mean())
-    var = float((var_i + mu_i**2).mean() - mu**2)
-    shape = mu * mu / max(var, 1e-12)
-    clean = dn.CleanModel(gamma_shape=shape, gamma_scale=mu / shape, background_levels=tuple(bgs))
+    if len(images) == 1:
+        clean = dn.fit_clean_model(images[0], masks[0], labels[0] if labels else None)
+    else:  # several sizes: pool per-object means and background levels over the groups
+        parts = [
+            dn.fit_clean_model(x, m, lab if labels else None)
+            for x, m, lab in zip(images, masks, labels or [None] * len(images), strict=True)
+        ]
+        mu_i = np.array([c.gamma_shape * c.gamma_scale for c in parts])
+        var_i = np.array([c.gamma_shape * c.gamma_scale**2 for c in parts])
+        mu = float(mu_i.mean())
+        var = float((var_i + mu_i**2).mean() - mu**2)
+        shape = mu * mu / max(var, 1e-12)
+        bgs = tuple(v for c in parts for v in c.background_levels)
+        clean = dn.CleanModel(gamma_shape=shape, gamma_scale=mu / shape, background_levels=bgs)
     return noise, clean
 
 
@@ -490,9 +501,11 @@ def write_card(structure: str, out: Path, result: dict[str, Any], gen: Any, den:
             lines.append(f"| {k} | {v['rel_white']} | {v['rel_total']} | {v['snr8_excess']} |")
     lines += [
         "",
-        "Use: `fluorobench-c build OUT --config "
-        f"{structure} --renderer gan --weights {out}`. Trained in {result['seconds']} s on "
-        f"{'CUDA' if gen.amp and torch.cuda.is_available() else 'CPU'}.",
+        f"Training time: generator {g['train_seconds']} s"
+        + (f", denoiser {result['denoiser']['train_seconds']} s" if "denoiser" in result else "")
+        + f" on {g['device']}.",
+        "",
+        f"Use: `fluorobench-c build OUT --config {structure} --renderer gan --weights DIR`.",
         "",
     ]
     path = out / f"{structure}-pix2pix.md"

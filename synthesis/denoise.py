@@ -69,6 +69,7 @@ __all__ = [
     "gamma",
     "immerkaer_sigma",
     "label_components",
+    "noise_fit_ok",
     "residual_noise",
     "sample_clean",
     "sample_noise",
@@ -221,6 +222,21 @@ def _corr_tables(device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
     return one_d**2, lag1, grid
 
 
+#: Interior pixels of background and of eroded foreground :func:`fit_noise` needs per image.
+_MIN_FIT_PIXELS = 16
+
+
+def noise_fit_ok(mask: Tensor) -> Tensor:
+    """``(B,)`` bool: which masks leave :func:`fit_noise` enough background and foreground."""
+    mask = mask != 0
+    bg = ~_dilate(mask, BG_MARGIN_PX)
+    fg = _erode(mask, FG_MARGIN_PX)
+    ok = torch.ones(mask.shape[0], dtype=torch.bool, device=mask.device)
+    for region in (bg, fg):
+        ok &= _interior(region, mask).flatten(1).sum(1) >= _MIN_FIT_PIXELS
+    return ok
+
+
 def fit_noise(images: Tensor, mask: Tensor, quant_step: float | Tensor = 0.0) -> NoiseModel:
     """Fit the background noise model to each image by the method of moments.
 
@@ -252,11 +268,11 @@ def fit_noise(images: Tensor, mask: Tensor, quant_step: float | Tensor = 0.0) ->
     q = torch.as_tensor(quant_step, dtype=torch.float64, device=x.device).reshape(-1).expand(b)
     bg = ~_dilate(mask, BG_MARGIN_PX)
     fg = _erode(mask, FG_MARGIN_PX)
-    for name, region in (("background", bg), ("eroded foreground", fg)):
-        if bool((_interior(region, x).flatten(1).sum(1) < 16).any()):
-            raise ValueError(
-                f"fit_noise needs at least 16 interior pixels of {name} per image. Got fewer"
-            )
+    if not bool(noise_fit_ok(mask).all()):
+        raise ValueError(
+            f"fit_noise needs at least {_MIN_FIT_PIXELS} interior pixels of background and of "
+            "eroded foreground per image (see noise_fit_ok). Got fewer"
+        )
     bgf = bg.to(torch.float64)
     trend = _blur(x * bgf, DETREND_SIGMA_PX) / _blur(bgf, DETREND_SIGMA_PX).clamp_min(1e-6)
     r = (x - trend) * bgf
@@ -474,6 +490,8 @@ def fit_clean_model(
     if labels is None:
         labels = label_components(mask)
     means = _object_means(images, torch.where(mask, labels.long(), 0))
+    if means.numel() < 2:
+        raise ValueError(f"fit_clean_model needs at least 2 objects. Got {means.numel()}")
     mu, var = float(means.mean()), float(means.var())
     shape = mu * mu / max(var, 1e-12)
     bg = _masked_mean(images.to(torch.float64), ~_dilate(mask, BG_MARGIN_PX))

@@ -19,8 +19,9 @@ Files written under the output folder by :func:`fit`:
 
 * ``checkpoints/<name>-step-XXXXXXXX.safetensors`` every ``checkpoint_every`` steps (the two
   newest are kept; writes are atomic), and at the end;
-* ``<name>-loss.jsonl``: one line per ``log_every`` steps (truncated to the checkpoint's step
-  on resume, so a log never repeats a step);
+* ``<name>-loss.jsonl``: one line per ``log_every`` steps with the losses and the training
+  seconds so far, over resumed runs (truncated to the checkpoint's step on resume, so a log
+  never repeats a step);
 * ``samples/<name>-step-XXXXXXXX.png``: a grid of fixed examples, one per row:
   condition | target | output;
 * the final weights, written by the caller with :func:`synthesis.pix2pix.save_weights`.
@@ -284,6 +285,8 @@ class Pix2PixTrainer:
             ).to(self.device)
             self.optD = torch.optim.Adam(self.D.parameters(), lr=s.lr, betas=(s.beta1, 0.999))
         self.step = 0
+        #: Wall-clock seconds spent in training steps, over all resumed runs.
+        self.seconds = 0.0
 
     # ----------------------------------------------------------------- training
     def _autocast(self) -> Any:
@@ -374,6 +377,7 @@ class Pix2PixTrainer:
                 {
                     "name": self.name,
                     "step": self.step,
+                    "seconds": round(self.seconds, 3),
                     "settings": self.settings.to_dict(),
                     "generator": self.G.hparams,
                     "param_groups": groups,
@@ -417,6 +421,7 @@ class Pix2PixTrainer:
             else:
                 mod.load_state_dict(part, strict=True)
         self.step = int(header["step"])
+        self.seconds = float(header.get("seconds", 0.0))
 
 
 #: Settings that may change between a checkpoint and a resumed run.
@@ -523,17 +528,18 @@ def fit(
     written: list[dict[str, Any]] = []
     pending: list[dict[str, Any]] = []
     last = min(s.steps, stop_after) if stop_after is not None else s.steps
-    t0 = time.perf_counter()
     while trainer.step < last:
+        t0 = time.perf_counter()
         step = trainer.step
         gen = _step_generator(s.seed, trainer.name, step, "batch", torch.device("cpu"))
         seeds = _row_seeds(s.seed, trainer.name, step, s.batch_size, trainer.device)
         inputs, targets = batch_fn(step, gen, seeds)
         losses = trainer.train_step(inputs, targets)
+        trainer.seconds += time.perf_counter() - t0
         done = trainer.step
         if done % s.log_every == 0 or done == s.steps:
             entry = {"step": done, **{k: round(v, 6) for k, v in losses.items()}}
-            entry["seconds"] = round(time.perf_counter() - t0, 3)
+            entry["seconds"] = round(trainer.seconds, 3)
             pending.append(entry)
         if done % s.sample_every == 0 or done == s.steps:
             if samples is not None:
