@@ -179,21 +179,26 @@ def _reference_poisson(lam: float, seed: int, idx: int) -> int:
             return k
 
 
-@pytest.mark.parametrize("block", [1 << 10, 300, 1 << 17])
-def test_poisson_equals_per_value_reference(monkeypatch, block):
+@pytest.mark.parametrize(
+    ("block", "gather_max"), [(1 << 10, 0.5), (300, 0.5), (1 << 17, 0.0), (1 << 17, 1.1)]
+)
+def test_poisson_equals_per_value_reference(monkeypatch, block, gather_max):
     """The dense, blocked, gathered scheduling gives exactly the per-value algorithm.
 
-    Block sizes: whole rows per block, rows split into column blocks, everything in one.
-    Rates mix both samplers within rows, sit on the threshold, and reach 3e4 (many PTRS
-    rejections over 700 values).
+    Block sizes: whole rows per block, rows split into column blocks, everything in one;
+    the PTRS exact test on all proposals (0.0) or on gathered ones only (1.1). Rates mix
+    both samplers within rows (both majorities), sit on the threshold, and reach 3e4 (many
+    PTRS rejections over 700 values).
     """
     monkeypatch.setattr(rng, "_BLOCK", block)
+    monkeypatch.setattr(rng, "_PTRS_GATHER_MAX_FRACTION", gather_max)
     g = torch.Generator().manual_seed(1)
     lam = (torch.rand(5, 700, generator=g) ** 3 * 40).float()
     lam[0] = 0.0
     lam[1, :100] = 9.999
     lam[2] = 3e4
     lam[3, ::7] = 10.0
+    lam[4, ::3] = 11.0  # a row where PTRS values are the majority
     seeds = [1, 2, 2**62 + 5, 77, 8]
     out = rng.poisson(lam, torch.tensor(seeds), STREAM)
     ref = [
