@@ -5,6 +5,7 @@ Messages say what was expected and end with "Got X", in the style of torchvision
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -28,12 +29,12 @@ def check_images(x: object, name: str = "x", *, nonnegative: bool = True) -> Ten
         raise ValueError(f"{name} must have shape (B, 1, H, W). Got {tuple(x.shape)}")
     if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
         raise ValueError(f"{name} must not be empty. Got shape {tuple(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
+    # One pass for both checks (isfinite().all() cost ~20x more); NaN propagates to min and max.
+    lo, hi = (float(v) for v in torch.aminmax(x))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{name} must be finite. Got NaN or inf values")
-    if nonnegative:
-        lo = float(x.min())
-        if lo < 0:
-            raise ValueError(f"{name} must be non-negative (a photon rate). Got minimum {lo:g}")
+    if nonnegative and lo < 0:
+        raise ValueError(f"{name} must be non-negative (a photon rate). Got minimum {lo:g}")
     return x
 
 
