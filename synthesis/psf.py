@@ -227,11 +227,14 @@ def _blur_fft(x: Tensor, k: Tensor) -> Tensor:
     kw[torch.arange(-r, r + 1, device=x.device) % wp] = kd
     transfer = torch.fft.fft(kh)[:, None] * torch.fft.rfft(kw)[None, :]
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
-    spec = torch.fft.rfft2(p.to(work)) * transfer.to(
-        torch.complex128 if work == torch.float64 else torch.complex64
-    )
-    y = torch.fft.irfft2(spec, s=(hp, wp))
-    return y[..., r : r + h, r : r + w].to(x.dtype).contiguous()
+    transfer = transfer.to(torch.complex128 if work == torch.float64 else torch.complex64)
+    out = torch.empty_like(x)
+    # One image per transform: batched 1-D FFTs vectorise across rows and round differently
+    # with the number of rows (seen on CPU, torch 2.13), which would tie an image to its batch.
+    for i in range(x.shape[0]):
+        spec = torch.fft.rfft2(p[i].to(work)) * transfer
+        out[i] = torch.fft.irfft2(spec, s=(hp, wp))[..., r : r + h, r : r + w].to(x.dtype)
+    return out
 
 
 # --- space-variant blur -------------------------------------------------------------------
