@@ -13,13 +13,19 @@ Definitions (``benchmark-spec.md`` section 3):
   the field centre ``((H-1)/2, (W-1)/2)``, ``r_max`` that of a corner pixel, ``sigma_L`` the SIB
   sigma of the level. It is computed as the flux-preserving basis (Nagy & O'Leary 1998;
   Denis et al. 2015) ``y = sum_k h_k * (w_k x)`` over ``K`` rings: ``h_k`` Gaussians of
-  ``sigma_k = sigma_c + (sigma_L - sigma_c) k / (K - 1)`` and ``w_k`` a partition of unity
-  (``sum_k w_k = 1`` at every pixel): piecewise-linear "hat" functions of ``sigma(r)^2``
-  between neighbouring nodes ``sigma_k^2``. Each source pixel thus spreads its flux with a
-  mixture of two neighbouring Gaussians whose variance equals ``sigma(r)^2`` exactly, and
-  every ``h_k`` sums to 1, so the total flux is preserved. :func:`space_variant_blur_exact`
-  computes the exact per-pixel convolution (slow) that the basis approximates; the tests
-  and ``benchmarks/corruptions.py`` measure the error per ``K``.
+  ``sigma_k = sigma_c (sigma_L / sigma_c)^(k / (K - 1))`` (geometric nodes) and ``w_k`` a
+  partition of unity (``sum_k w_k = 1`` at every pixel): piecewise-linear "hat" functions of
+  ``log sigma(r)`` between neighbouring nodes. Each source pixel spreads its flux with a
+  mixture of the two Gaussians whose widths bracket its own, and every ``h_k`` sums to 1, so
+  the total flux is preserved (it is not a blend of blurred outputs). Against the exact
+  per-pixel convolution (:func:`space_variant_blur_exact`), at 256x256 and corner sigma
+  5 px, the RMS error relative to the change the blur makes is 4.2% for K = 4, 1.6% for
+  K = 6 (the benchmark's ``SVB.rings``) and 0.8% for K = 8; even node spacing was ~3x worse
+  at equal K, and hats in ``sigma^2`` (exact mixture variance) ~2x worse on point sources.
+  A flux-preserving space-variant blur does not keep a constant image exactly constant:
+  where the PSF widens it moves flux by ~(1/2) laplacian of ``sigma^2`` (exact operator,
+  level 5: 0.3% inside a 32 px margin, 5% at the corners; the basis with K = 6: 0.9%, 4.5%).
+  Each ring is blurred only on the bounding boxes of its support per image quadrant.
 
 Implementation: each 1-D pass is a sum of ``2 r + 1`` shifted, weighted slices of a padded
 block of images (one in-place multiply-add per tap), run on blocks of ~1 MB on CPU so they stay
