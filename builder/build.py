@@ -385,13 +385,15 @@ class _ConfigBuild:
         optics: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Noisy ADU images of ``optics`` (default: ``clean``) with the exposure that gives
-        ``clean`` the target ``snr``: blur changes the optics, not the exposure (k)."""
+        ``clean`` the target ``snr``: blur changes the optics, not the exposure (k). The
+        measured SNR is the camera equation on the stored image and the mask, so for blurred
+        splits it is below the target (blur lowers the foreground contrast)."""
         from synthesis.noise import apply_noise, noise_parameters
 
         model = self.opts.noise_model
         noise = noise_parameters(clean, mask, snr, camera=self.camera, model=model)
         target = clean if optics is None else optics
-        adu, measured = apply_noise(target, noise, seeds, model=model)
+        adu, measured = apply_noise(target, noise, seeds, mask=mask, model=model)
         return adu, {**noise, "snr_measured": measured}
 
     def reference_images(self, base: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -381,8 +381,19 @@ def _unit_field(seeds: Tensor, stream: int, shape: tuple[int, int], sigma: Tenso
         noise = finite_normal(seeds[rows], (hs, ws), stream)
         sr = sig[rows] / f
         ky, kx = _folded_kernel(sr, hs), _folded_kernel(sr, ws)
-        spec = torch.fft.rfft2(noise) * torch.fft.fft(ky)[:, :, None]
-        out = torch.fft.irfft2(spec * torch.fft.rfft(kx)[:, None, :], s=(hs, ws))
+        # One transform per row: batched FFTs gave bits that depend on the batch size, and a
+        # row's bytes must not (same seed, same bytes whatever the batch).
+        out = torch.stack(
+            [
+                torch.fft.irfft2(
+                    torch.fft.rfft2(noise[i])
+                    * torch.fft.fft(ky[i])[:, None]
+                    * torch.fft.rfft(kx[i])[None, :],
+                    s=(hs, ws),
+                )
+                for i in range(noise.shape[0])
+            ]
+        )
         out = (out / torch.sqrt((ky * ky).sum(1) * (kx * kx).sum(1))[:, None, None])[:, None]
         if f > 1:
             out = F.interpolate(out, size=(h, w), mode="bicubic", align_corners=False)
