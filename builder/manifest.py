@@ -81,6 +81,10 @@ def build_lock(out: Path) -> Iterator[None]:
             raise
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        yield
+        try:
+            yield
+        finally:
+            # Removed while still held, so a refused or finished build leaves nothing behind.
+            path.unlink(missing_ok=True)
     finally:
         os.close(fd)
