@@ -370,9 +370,9 @@ def evaluate(
             device=dev,
             batch_size=batch_size,
             attack=attack,
-            progress=bar.update if bar else None,
+            progress=bar.update if bar is not None else None,
         )
-        if bar:
+        if bar is not None:
             bar.close()
         logger.info("%s %s: IoU %.4f", config, name, per_split[name]["iou"])
     families = summarise(per_split)

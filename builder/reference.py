@@ -172,9 +172,9 @@ def ensure_reference_model(cb: _ConfigBuild) -> tuple[torch.nn.Module, str]:
         seed=seed,
         device=cb.device,
         epochs=cb.opts.train_epochs,
-        progress=(lambda epoch, record: bar.update(1)) if bar else None,
+        progress=(lambda epoch, record: bar.update(1)) if bar is not None else None,
     )
-    if bar:
+    if bar is not None:
         bar.close()
     extra = {"seed": seed, "reference_settings": asdict(REFERENCE)}
     saved = save_reference(path, config, model, result, extra)
