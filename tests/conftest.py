@@ -38,3 +38,13 @@ def small_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("pkg") / "fluorobench-c"
     assert main(["build", str(out), *SMALL, "--train-epochs", "1", "--device", "cpu"]) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run several times faster on one thread, and far more steadily when other
+    processes share the two cores (OpenMP threads then wait on each other)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

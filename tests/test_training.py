@@ -5,32 +5,12 @@ import math
 import pytest
 import torch
 
-from synthesis import rng
 from synthesis.metrics import iou, logits_to_mask
 from synthesis.training import _augment, normalize, segmentation_loss, train_segmenter
 from synthesis.unet import UNet
+from tests.toy import toy_data
 
-
-def toy_data(n: int, size: int = 32, seed: int = 0):
-    """Integer ADU images of 1-3 bright disks (contrast 300 ADU, noise sigma 150 ADU)."""
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    cy, cx = (torch.rand(n, 3, 1, 1, generator=g) * size for _ in range(2))
-    r = 2 + torch.rand(n, 3, 1, 1, generator=g) * size / 6
-    mask = (((yy - cy) ** 2 + (xx - cx) ** 2) < r**2).any(1, keepdim=True)
-    noise = rng.normal(torch.arange(n) + 1000 * seed, (1, size, size), stream=7)
-    adu = torch.round(200 + 300 * mask.float() + 150 * noise).clamp(0, 65535)
-    return adu, mask
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models run several times faster on one thread, and far more steadily when other
-    # processes share the two cores (OpenMP threads then wait on each other).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
