@@ -101,6 +101,7 @@ def save_reference(
         "val_iou": result.best_val_iou,
         "best_epoch": result.best_epoch,
         "training": result.settings,
+        "architecture": dict(model.hparams),
         "input": "per-image z-score of the ADU image",
         "output": "1-channel logits (foreground where logit > 0)",
         **extra,
@@ -127,7 +128,7 @@ def _model_card(
 The model the attack splits of this package were generated against (transfer attacks).
 
 - Weights: `{config}-unet.safetensors`, sha256 `{sha}`
-- Architecture: plain-torch U-Net with batch norm, {json.dumps(meta["training"].get("model", {}))}
+- Architecture: plain-torch U-Net with batch norm, `{json.dumps(meta["architecture"], sort_keys=True)}`
 - Input: {meta["input"]}; output: {meta["output"]}
 - Trained on the `train` split (reference condition, SNR 8), best epoch by validation IoU:
   epoch {meta["best_epoch"]}, validation IoU {meta["val_iou"]:.4f}
