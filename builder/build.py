@@ -53,12 +53,12 @@ from builder.shards import (
     write_shard,
 )
 from synthesis.levels import REFERENCE_SNR, Camera
+from synthesis.noise import NOISE_MODELS
 from synthesis.rng import derive_seed
 
 logger = logging.getLogger(__name__)
 
 RENDERERS = ("physics", "gan")
-NOISE_MODELS = ("poisson_gaussian", "gaussian")
 #: Clean test images are kept in memory across splits below this many bytes.
 _CACHE_BYTES = 1 << 30
 

@@ -44,10 +44,6 @@ class SplitSpec:
         return self.family == "attacks"
 
 
-def _reference_snr_name() -> str:
-    return f"snr_{int(REFERENCE_SNR)}"
-
-
 def all_splits(with_real: bool = False) -> list[SplitSpec]:
     """Every split of a config, in build order (attacks last: they need the trained model)."""
     specs = [SplitSpec(s, "reference", "snr", REFERENCE_SNR, s) for s in BASE_SPLITS]

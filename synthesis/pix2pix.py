@@ -36,11 +36,9 @@ Streams: 280 (:data:`GAN_INPUT_STREAM`, the generator's noise channels).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +62,8 @@ __all__ = [
     "save_weights",
     "to_unit",
 ]
+
+from synthesis._safetensors import atomic_save, file_sha256, read_record
 
 logger = logging.getLogger(__name__)
 
@@ -412,32 +412,6 @@ _CLASSES: dict[str, type[nn.Module]] = {
 }
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 hex digest of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def atomic_save(tensors: dict[str, Tensor], path: Path, header: dict[str, str]) -> str:
-    """Write a safetensors file under a temporary name, rename it, return its sha256."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        digest = file_sha256(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return digest
-
-
 def save_weights(
     model: UNetGenerator | PatchDiscriminator,
     path: str | os.PathLike[str],
@@ -489,20 +463,10 @@ def load_weights(
         FileNotFoundError: no such file.
         ValueError: not a pix2pix weights file, or tensors that do not fit the architecture.
     """
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist. Got no file")
-    with safe_open(str(path), framework="pt") as f:
-        header = f.metadata() or {}
-    if _HEADER_KEY not in header:
-        raise ValueError(
-            f"{path} is not a FluoroBench-C weights file: its header must hold '{_HEADER_KEY}'. "
-            f"Got keys {sorted(header)}"
-        )
-    content = json.loads(header[_HEADER_KEY])
+    content = read_record(path, _HEADER_KEY, "weights")
     arch = dict(content["architecture"])
     cls = _CLASSES.get(arch.pop("class", None))
     if cls is None:

@@ -19,11 +19,9 @@ model could be written as different bytes, hence a different sha256.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["UNet", "init_weights", "load_model", "save_model"]
+
+from synthesis._safetensors import atomic_save, read_record
 
 logger = logging.getLogger(__name__)
 
@@ -223,8 +223,6 @@ def save_model(model: UNet, path: str | os.PathLike[str], *, metadata: dict[str,
     Raises:
         TypeError: ``model`` is not a :class:`UNet` or ``metadata`` is not JSON-serialisable.
     """
-    from safetensors.torch import save_file
-
     if not isinstance(model, UNet):
         raise TypeError(f"model must be a synthesis.unet.UNet. Got {type(model).__name__}")
     record = {"architecture": {"class": "UNet", **model.hparams}, "metadata": metadata}
@@ -233,17 +231,7 @@ def save_model(model: UNet, path: str | os.PathLike[str], *, metadata: dict[str,
     except (TypeError, ValueError) as err:
         raise TypeError(f"metadata must be JSON-serialisable. Got {err}") from err
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    digest = atomic_save(tensors, Path(path), header)
     logger.info("saved %s (%d tensors, sha256 %s)", path, len(tensors), digest)
     return digest
 
@@ -266,20 +254,10 @@ def load_model(
         ValueError: the file lacks the architecture header, names another architecture, or its
             tensors do not fit the architecture.
     """
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file {path} does not exist. Got no file")
-    with safe_open(str(path), framework="pt") as f:
-        header = f.metadata() or {}
-    if _HEADER_KEY not in header:
-        raise ValueError(
-            f"{path} is not a FluoroBench-C model: its safetensors header must hold "
-            f"'{_HEADER_KEY}'. Got keys {sorted(header)}"
-        )
-    record = json.loads(header[_HEADER_KEY])
+    record = read_record(path, _HEADER_KEY, "model")
     arch = dict(record.get("architecture", {}))
     if arch.pop("class", None) != "UNet":
         raise ValueError(f"{path} must hold a UNet. Got architecture {record.get('architecture')}")
