@@ -63,18 +63,26 @@ def check_mask(
         mask = mask != 0
     mask = mask.to(like.device)
     if require_foreground:
-        fg = mask.flatten(1).sum(1)
-        empty = torch.nonzero(fg == 0).flatten().tolist()
-        if empty:
-            raise ValueError(
-                f"{name} has no foreground in sample(s) {empty}: SNR is undefined. Got an empty mask"
-            )
-        full = torch.nonzero(fg == mask[0].numel()).flatten().tolist()
-        if full:
-            raise ValueError(
-                f"{name} has no background in sample(s) {full}: SNR is undefined. Got an all-foreground mask"
-            )
+        check_foreground(mask.flatten(1).sum(1), mask[0].numel(), name)
     return mask
+
+
+def check_foreground(counts: Tensor, total: int, name: str = "mask") -> None:
+    """Raise unless every sample's foreground count is strictly between 0 and ``total``.
+
+    Raises:
+        ValueError: a sample without foreground or without background (SNR undefined).
+    """
+    empty = torch.nonzero(counts == 0).flatten().tolist()
+    if empty:
+        raise ValueError(
+            f"{name} has no foreground in sample(s) {empty}: SNR is undefined. Got an empty mask"
+        )
+    full = torch.nonzero(counts == total).flatten().tolist()
+    if full:
+        raise ValueError(
+            f"{name} has no background in sample(s) {full}: SNR is undefined. Got an all-foreground mask"
+        )
 
 
 def per_sample(

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from synthesis import rng
-from synthesis._checks import check_images, check_mask, check_seeds, per_sample
+from synthesis._checks import check_foreground, check_images, check_mask, check_seeds, per_sample
 from synthesis.levels import Camera
 
 __all__ = [
@@ -161,15 +161,13 @@ def noise_parameters(
     """
     _check_model(model)
     clean = check_images(clean, "clean")
-    mask = check_mask(mask, clean)
+    mask = check_mask(mask, clean, require_foreground=False)
     batch, device = clean.shape[0], clean.device
     snr_t = per_sample(snr, batch, "snr", device=device, positive=True)
     _check_camera(camera)
     x = clean.flatten(1)
-    fg = mask.flatten(1)
-    n_fg = fg.sum(1).double()
-    sum_fg = torch.where(fg, x, 0.0).sum(1, dtype=torch.float64)
-    sum_all = x.sum(1, dtype=torch.float64)
+    n_fg, sum_fg, sum_all = _mask_sums(x, mask.flatten(1))
+    check_foreground(n_fg, x.shape[1])
     beta = (sum_all - sum_fg) / (x.shape[1] - n_fg)
     c = sum_fg / n_fg - beta
     dim = torch.nonzero(c <= 0).flatten().tolist()
@@ -392,12 +390,45 @@ def measure_snr(adu: Tensor, clean: Tensor, mask: Tensor, params: dict[str, Tens
     return out
 
 
+def _mask_sums(x: Tensor, fg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(n_fg, sum_fg, sum_all)`` per row of ``(B, N)`` values and a bool mask, float64.
+
+    On CPU one compiled pass (:func:`synthesis._kernels.mask_sums`, a fixed summation order);
+    elsewhere torch reductions.
+    """
+    if x.device.type == "cpu":
+        from synthesis import _kernels
+
+        if x.dtype not in (torch.float32, torch.float64):
+            x = x.float()
+        n, s_fg, s_all = _kernels.mask_sums(x.detach().numpy(), fg.numpy())
+        return torch.from_numpy(n).double(), torch.from_numpy(s_fg), torch.from_numpy(s_all)
+    n_fg = fg.sum(1).double()
+    sum_fg = torch.where(fg, x, 0.0).sum(1, dtype=torch.float64)
+    return n_fg, sum_fg, x.sum(1, dtype=torch.float64)
+
+
 def _measure_rows(adu: Tensor, mean_e: Tensor, mask: Tensor, p: dict[str, Tensor]) -> Tensor:
     """:func:`measure_snr` of a block of rows, given the expected electrons ``k x``.
 
     float32 per pixel (electrons below 2**16 e- keep ~1e-3 e- resolution, far under any read
-    noise), float64 sums.
+    noise), float64 sums (on CPU in one compiled pass, :func:`synthesis._kernels.snr_sums`).
     """
+    if adu.device.type == "cpu":
+        from synthesis import _kernels
+
+        gain = p["e_per_adu"].float()
+        sums = _kernels.snr_sums(
+            adu.flatten(1).numpy(),
+            mean_e.detach().flatten(1).float().numpy(),
+            mask.flatten(1).numpy(),
+            gain.numpy(),
+            (p["offset_adu"].float() * gain).numpy(),
+        )
+        n_fg, sum_fg, sum_all, resid = torch.from_numpy(sums).unbind(1)
+        n = adu[0].numel()
+        signal = sum_fg / n_fg - (sum_all - sum_fg) / (n - n_fg)
+        return (signal / torch.sqrt(resid / n_fg)).to(torch.float32)
     gain = p["e_per_adu"].float().view(-1, 1)
     e = adu.flatten(1).float().mul_(gain).sub_(p["offset_adu"].float().view(-1, 1) * gain)
     fg = mask.flatten(1)

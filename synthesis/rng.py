@@ -14,8 +14,13 @@ Poisson (:func:`poisson`) is exact: sequential-search inversion below a mean of 
 Hormann's PTRS from 10 up (numpy's algorithms), in float64 from 32-bit uniforms. Draws:
 inversion uses ``sub`` 0 of the stream, PTRS round r uses subs 2r (u) and 2r + 1 (v).
 
-Scheduling (CPU: blocks of ``_BLOCK`` = 2**17 elements, which stay in cache; one block on
-other devices). Per-value loops would be Python loops; instead each block runs the samplers
+On CPU tensors :func:`poisson` and :func:`uniform` run compiled kernels
+(:mod:`synthesis._kernels`, Numba) that compute every value with the same operations; the
+torch code below is the path of other devices (``backend="torch"`` forces it on CPU, and tests
+compare the two bit for bit).
+
+Scheduling of the torch code (CPU: blocks of ``_BLOCK`` = 2**17 elements, which stay in cache;
+one block on other devices). Per-value loops would be Python loops; instead each block runs the samplers
 as whole-array, in-place torch ops:
 
 * the sampler of the block's majority runs on every element (placeholder rates where the
@@ -46,7 +51,7 @@ from torch import Tensor
 
 from synthesis._checks import check_seeds
 
-__all__ = ["derive_seed", "normal", "poisson", "random_bits", "uniform"]
+__all__ = ["POISSON_BACKENDS", "derive_seed", "normal", "poisson", "random_bits", "uniform"]
 
 _M32 = 0xFFFFFFFF
 _C1 = 0x7FEB352D
@@ -186,7 +191,14 @@ def uniform(seeds: Tensor | int, shape: tuple[int, ...], stream: int, *, sub: in
         >>> torch.equal(uniform(torch.tensor([2]), (3,), stream=7), u[1:])
         True
     """
-    return _u24(random_bits(seeds, shape, stream, sub=sub))
+    device = seeds.device if isinstance(seeds, Tensor) else torch.device("cpu")
+    if device.type != "cpu":
+        return _u24(random_bits(seeds, shape, stream, sub=sub))
+    from synthesis import _kernels
+
+    seeds = check_seeds(seeds, torch.as_tensor(seeds).reshape(-1).shape[0], device)
+    out = _kernels.uniform_rows(seeds.numpy(), math.prod(shape), _stream_const(stream, sub))
+    return torch.from_numpy(out).reshape(seeds.shape[0], *shape)
 
 
 def normal(seeds: Tensor | int, shape: tuple[int, ...], stream: int, *, sub: int = 0) -> Tensor:
@@ -198,7 +210,12 @@ def normal(seeds: Tensor | int, shape: tuple[int, ...], stream: int, *, sub: int
     return torch.erfinv(u.mul_(2.0).sub_(1.0)).mul_(math.sqrt(2.0))
 
 
-def poisson(rate: Tensor, seeds: Tensor | int, stream: int) -> Tensor:
+#: Backends of :func:`poisson`: ``"auto"`` (the compiled kernel on CPU, torch elsewhere),
+#: ``"torch"`` (whole-array torch ops, any device) and ``"compiled"`` (CPU only).
+POISSON_BACKENDS: tuple[str, ...] = ("auto", "torch", "compiled")
+
+
+def poisson(rate: Tensor, seeds: Tensor | int, stream: int, *, backend: str = "auto") -> Tensor:
     """Exact Poisson samples with per-element mean ``rate`` (shape ``(B, ...)``), as float32.
 
     Inversion by sequential search below a mean of 10, Hormann's transformed rejection with
@@ -211,13 +228,17 @@ def poisson(rate: Tensor, seeds: Tensor | int, stream: int) -> Tensor:
         rate: means, float tensor of shape ``(B, ...)``, finite and >= 0.
         seeds: one int64 seed per row ``(B,)`` (or one int for all rows).
         stream: the purpose of the draw (see the module docstring).
+        backend: one of :data:`POISSON_BACKENDS`. Both backends compute every value with the
+            same float64 operations (:mod:`synthesis._kernels`); the compiled one runs
+            one loop per value on the CPU, ~1.5-2x faster than the whole-array torch passes.
 
     Returns:
         float32 tensor of the shape of ``rate`` holding non-negative integers.
 
     Raises:
         TypeError: ``rate`` not a floating-point tensor, or float seeds.
-        ValueError: negative or non-finite rates, or seeds of the wrong length.
+        ValueError: negative or non-finite rates, seeds of the wrong length, an unknown
+            backend, or ``"compiled"`` for a tensor that is not on the CPU.
 
     Example:
         >>> k = poisson(torch.full((2, 1000), 3.0), torch.tensor([5, 6]), stream=7)
@@ -230,9 +251,15 @@ def poisson(rate: Tensor, seeds: Tensor | int, stream: int) -> Tensor:
         raise ValueError("rate must have a batch dimension (B, ...). Got a scalar")
     if not bool(torch.isfinite(rate).all()) or bool((rate < 0).any()):
         raise ValueError("rate must be finite and >= 0. Got negative or non-finite values")
+    if backend not in POISSON_BACKENDS:
+        raise ValueError(f"backend must be one of {POISSON_BACKENDS}. Got {backend!r}")
+    if backend == "compiled" and rate.device.type != "cpu":
+        raise ValueError(f"the compiled backend runs on the CPU. Got a tensor on {rate.device}")
     batch = rate.shape[0]
     seeds = check_seeds(seeds, batch, rate.device)
     flat = rate.reshape(batch, -1)
+    if backend != "torch" and rate.device.type == "cpu":
+        return _poisson_compiled(flat, seeds, stream).reshape(rate.shape)
     n = flat.shape[1]
     keys = _KeyCache(seeds, stream)
     out = torch.empty((batch, n), dtype=torch.float32, device=rate.device)
@@ -256,6 +283,16 @@ def poisson(rate: Tensor, seeds: Tensor | int, stream: int) -> Tensor:
         lam = flat.reshape(-1)[pos].to(torch.float64)
         out_flat[pos] = _ptrs_rounds(lam, pos, n, keys).to(torch.float32)
     return out.reshape(rate.shape)
+
+
+def _poisson_compiled(flat: Tensor, seeds: Tensor, stream: int) -> Tensor:
+    """:func:`poisson` of ``(B, n)`` CPU rates by the Numba kernel, on torch's thread count."""
+    from synthesis import _kernels
+
+    if flat.dtype not in (torch.float32, torch.float64):
+        flat = flat.to(torch.float32)  # half precision: exact in float32
+    out = _kernels.poisson_rows(flat.contiguous().numpy(), seeds.numpy(), stream)
+    return torch.from_numpy(out)
 
 
 class _KeyCache:

@@ -180,18 +180,27 @@ def _reference_poisson(lam: float, seed: int, idx: int) -> int:
 
 
 @pytest.mark.parametrize(
-    ("block", "gather_max"), [(1 << 10, 0.5), (300, 0.5), (1 << 17, 0.0), (1 << 17, 1.1)]
+    ("backend", "block", "gather_max"),
+    [
+        ("torch", 1 << 10, 0.5),
+        ("torch", 300, 0.5),
+        ("torch", 1 << 17, 0.0),
+        ("torch", 1 << 17, 1.1),
+        ("compiled", 0, 0.0),
+    ],
 )
-def test_poisson_equals_per_value_reference(monkeypatch, block, gather_max):
-    """The dense, blocked, gathered scheduling gives exactly the per-value algorithm.
+def test_poisson_equals_per_value_reference(monkeypatch, backend, block, gather_max):
+    """Both backends give exactly the per-value algorithm.
 
-    Block sizes: whole rows per block, rows split into column blocks, everything in one;
-    the PTRS exact test on all proposals (0.0) or on gathered ones only (1.1). Rates mix
-    both samplers within rows (both majorities), sit on the threshold, and reach 3e4 (many
-    PTRS rejections over 700 values).
+    torch: the dense, blocked, gathered scheduling with block sizes of whole rows per block,
+    rows split into column blocks and everything in one, and the PTRS exact test on all
+    proposals (0.0) or on gathered ones only (1.1). Rates mix both samplers within rows
+    (both majorities), sit on the threshold, and reach 3e4 (many PTRS rejections over 700
+    values, so the compiled kernel's on-the-fly keys of late rounds are used too).
     """
-    monkeypatch.setattr(rng, "_BLOCK", block)
-    monkeypatch.setattr(rng, "_PTRS_GATHER_MAX_FRACTION", gather_max)
+    if backend == "torch":
+        monkeypatch.setattr(rng, "_BLOCK", block)
+        monkeypatch.setattr(rng, "_PTRS_GATHER_MAX_FRACTION", gather_max)
     g = torch.Generator().manual_seed(1)
     lam = (torch.rand(5, 700, generator=g) ** 3 * 40).float()
     lam[0] = 0.0
@@ -200,7 +209,7 @@ def test_poisson_equals_per_value_reference(monkeypatch, block, gather_max):
     lam[3, ::7] = 10.0
     lam[4, ::3] = 11.0  # a row where PTRS values are the majority
     seeds = [1, 2, 2**62 + 5, 77, 8]
-    out = rng.poisson(lam, torch.tensor(seeds), STREAM)
+    out = rng.poisson(lam, torch.tensor(seeds), STREAM, backend=backend)
     ref = [
         [_reference_poisson(float(lam[r, i]), seeds[r], i) for i in range(700)] for r in range(5)
     ]
@@ -209,17 +218,57 @@ def test_poisson_equals_per_value_reference(monkeypatch, block, gather_max):
     assert out.long().tolist() == ref
 
 
-def test_poisson_batch_invariance_and_shape():
+@pytest.mark.parametrize("backend", ["torch", "compiled"])
+def test_poisson_batch_invariance_and_shape(backend):
     g = torch.Generator().manual_seed(2)
     lam = torch.rand(6, 1, 40, 30, generator=g) * 30
     seeds = torch.tensor([5, 6, 7, 8, 9, 10])
-    out = rng.poisson(lam, seeds, STREAM)
+
+    def draw(rate: torch.Tensor, s: torch.Tensor, stream: int = STREAM) -> torch.Tensor:
+        return rng.poisson(rate, s, stream, backend=backend)
+
+    out = draw(lam, seeds)
     assert out.shape == lam.shape and out.dtype == torch.float32
-    assert torch.equal(rng.poisson(lam[2:5], seeds[2:5], STREAM), out[2:5])
-    assert torch.equal(rng.poisson(lam[[4, 0]], seeds[[4, 0]], STREAM), out[[4, 0]])
-    assert torch.equal(rng.poisson(lam.double(), seeds, STREAM), out)  # float64 rates
-    assert torch.equal(rng.poisson(lam, seeds, STREAM), out)
-    assert not torch.equal(rng.poisson(lam, seeds, STREAM + 1), out)
+    assert torch.equal(draw(lam[2:5], seeds[2:5]), out[2:5])
+    assert torch.equal(draw(lam[[4, 0]], seeds[[4, 0]]), out[[4, 0]])
+    assert torch.equal(draw(lam.double(), seeds), out)  # float64 rates
+    assert torch.equal(draw(lam.half().float(), seeds), draw(lam.half(), seeds))
+    assert torch.equal(draw(lam, seeds), out)
+    assert not torch.equal(draw(lam, seeds, STREAM + 1), out)
+
+
+def test_poisson_backends_agree_bit_for_bit_at_scale(one_thread):
+    """The compiled kernel and the torch code on 2.4M values of every regime.
+
+    Inversion (0-10, flat backgrounds of one rate), the threshold, PTRS near 10 (where the
+    squeeze settles least) up to 1e5, rows that mix them and rows of one kind; a single
+    flipped value would fail (the libm/torch last-bit differences flip one with probability
+    ~1e-16 per value). Also run with 2 threads: threads split rows into tiles.
+    """
+    g = torch.Generator().manual_seed(11)
+    n = 1 << 16
+    lam = torch.empty(36, n)
+    lam[:8] = torch.rand(8, n, generator=g) * 10
+    lam[8:12] = torch.rand(4, 1, generator=g) * 10  # one rate per row (a flat background)
+    lam[12:16] = 10.0 + torch.rand(4, n, generator=g) * 3
+    lam[16:24] = torch.rand(8, n, generator=g) ** 3 * 400
+    lam[24:28] = torch.where(torch.rand(4, n, generator=g) < 0.3, 6.2, 78.0)
+    lam[28:32] = 10.0 ** (torch.rand(4, n, generator=g) * 5)
+    lam[32:] = torch.rand(4, n, generator=g) * 10 + 9.5
+    seeds = torch.randint(0, 2**62, (36,), generator=g)
+    ref = rng.poisson(lam, seeds, STREAM, backend="torch")
+    assert torch.equal(rng.poisson(lam, seeds, STREAM, backend="compiled"), ref)
+    torch.set_num_threads(2)
+    assert torch.equal(rng.poisson(lam[:5, :1000], seeds[:5], STREAM), ref[:5, :1000])
+    assert torch.equal(rng.poisson(lam, seeds, STREAM, backend="compiled"), ref)
+
+
+def test_poisson_backend_errors():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        rng.poisson(torch.ones(1, 4), 1, STREAM, backend="numba")
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="runs on the CPU"):
+            rng.poisson(torch.ones(1, 4, device="cuda"), 1, STREAM, backend="compiled")
 
 
 def test_poisson_non_contiguous_input():
@@ -258,3 +307,14 @@ def test_poisson_cuda_agrees_with_cpu():
     assert float((cpu == gpu).double().mean()) > 0.999
     for r, l in enumerate((0.5, 4.0, 30.0, 2000.0)):
         assert abs(float(gpu[r].mean()) - l) < 5 * math.sqrt(l / 50_000)
+
+
+def test_compiled_uniform_equals_torch_hash_bit_for_bit():
+    """CPU ``uniform`` (compiled) gives the bits of the torch hash path other devices run."""
+    seeds = torch.tensor([0, 1, 2**62 + 7, 123456789, 2**63 - 1])
+    for stream, sub in ((STREAM, 0), (101, 0), (300, 5)):
+        torch_path = rng._u24(rng.random_bits(seeds, (3, 70_001), stream, sub=sub))
+        assert torch.equal(rng.uniform(seeds, (3, 70_001), stream, sub=sub), torch_path)
+    # The largest 24-bit value maps below 1 (the clamp of rng._u24).
+    top = rng._u24(torch.tensor([-1], dtype=torch.int32))
+    assert float(top) == 1.0 - 2.0**-24
