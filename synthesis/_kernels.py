@@ -35,15 +35,18 @@ import threading
 import numba
 import numpy as np
 
+from synthesis import rng
+
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 _LOCK = threading.Lock()
 
-_M32 = 0xFFFFFFFF
-_C1 = 0x7FEB352D
-_C2 = 0x846CA68B
-_PTRS_MIN_RATE = 10.0
-_INVERSION_MAX_STEPS = 200
+# The hash and sampler constants are the torch code's own (one source for both paths).
+_M32 = rng._M32
+_C1 = rng._C1
+_C2 = rng._C2
+_PTRS_MIN_RATE = rng._PTRS_MIN_RATE
+_INVERSION_MAX_STEPS = rng._INVERSION_MAX_STEPS
 #: Key subs precomputed per row: inversion (0) and PTRS rounds 1..7 (subs 2..15); later
 #: rounds (probability < 1e-7 per value) derive their keys on the fly.
 _KEY_SUBS = 16
@@ -51,8 +54,8 @@ _KEY_SUBS = 16
 #: ``1.0 / k`` as the torch code computes it (Python float division), a load instead of a
 #: division in the search loop.
 _INVERSE = np.array([0.0] + [1.0 / k for k in range(1, _INVERSION_MAX_STEPS + 1)])
-_LOG_FACTORIAL = np.array([math.lgamma(k + 1.0) for k in range(256)], dtype=np.float64)
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+_LOG_FACTORIAL = np.array(rng._LOG_FACTORIAL_TABLE, dtype=np.float64)
+_HALF_LOG_2PI = rng._HALF_LOG_2PI
 _S1 = -1 / 1680
 _S2 = 1 / 1260
 _S3 = -1 / 360

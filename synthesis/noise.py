@@ -414,6 +414,7 @@ def _measure_rows(adu: Tensor, mean_e: Tensor, mask: Tensor, p: dict[str, Tensor
     float32 per pixel (electrons below 2**16 e- keep ~1e-3 e- resolution, far under any read
     noise), float64 sums (on CPU in one compiled pass, :func:`synthesis._kernels.snr_sums`).
     """
+    n = adu[0].numel()
     if adu.device.type == "cpu":
         from synthesis import _kernels
 
@@ -426,19 +427,17 @@ def _measure_rows(adu: Tensor, mean_e: Tensor, mask: Tensor, p: dict[str, Tensor
             (p["offset_adu"].float() * gain).numpy(),
         )
         n_fg, sum_fg, sum_all, resid = torch.from_numpy(sums).unbind(1)
-        n = adu[0].numel()
-        signal = sum_fg / n_fg - (sum_all - sum_fg) / (n - n_fg)
-        return (signal / torch.sqrt(resid / n_fg)).to(torch.float32)
-    gain = p["e_per_adu"].float().view(-1, 1)
-    e = adu.flatten(1).float().mul_(gain).sub_(p["offset_adu"].float().view(-1, 1) * gain)
-    fg = mask.flatten(1)
-    n_fg = fg.sum(1, dtype=torch.float64)
-    sum_fg = torch.where(fg, e, 0.0).sum(1, dtype=torch.float64)
-    sum_all = e.sum(1, dtype=torch.float64)
-    signal = sum_fg / n_fg - (sum_all - sum_fg) / (e.shape[1] - n_fg)
-    resid = e.sub_(mean_e.flatten(1)).square_().masked_fill_(~fg, 0.0)
-    noise = torch.sqrt(resid.sum(1, dtype=torch.float64) / n_fg)
-    return (signal / noise).to(torch.float32)
+    else:
+        gain = p["e_per_adu"].float().view(-1, 1)
+        e = adu.flatten(1).float().mul_(gain).sub_(p["offset_adu"].float().view(-1, 1) * gain)
+        fg = mask.flatten(1)
+        n_fg = fg.sum(1, dtype=torch.float64)
+        sum_fg = torch.where(fg, e, 0.0).sum(1, dtype=torch.float64)
+        sum_all = e.sum(1, dtype=torch.float64)
+        e.sub_(mean_e.flatten(1)).square_().masked_fill_(~fg, 0.0)
+        resid = e.sum(1, dtype=torch.float64)
+    signal = sum_fg / n_fg - (sum_all - sum_fg) / (n - n_fg)
+    return (signal / torch.sqrt(resid / n_fg)).to(torch.float32)
 
 
 def _noise_fidelity_snr(adu: Tensor, mean_e: Tensor, p: dict[str, Tensor], model: str) -> Tensor:
