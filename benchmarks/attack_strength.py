@@ -1,6 +1,6 @@
 """How strong are the spec's attacks? The reference model under the protocol and under longer PGD.
 
-The benchmark's attacks follow the authors' protocol (``benchmark-spec.md`` section 2: PGD is
+The benchmark's attacks follow the authors' protocol (``docs/definitions.md#attacks``: PGD is
 10 steps of 2 grey levels from a uniform random start). This script attacks the shipped
 reference U-Net of a built package on its ``test`` images with that protocol and with PGD
 runs of many small steps, so a robust result can be told apart from a weak attack: if 100-200
@@ -12,20 +12,16 @@ budget.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from pathlib import Path
 
+import _common
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import fluorobench_c
-from builder.evaluate import load_model_spec
-from synthesis.attacks import attack
+from builder.evaluation.models import load_model_spec
+from synthesis.corruptions.attacks import attack
 from synthesis.metrics import SegmentationScores, logits_to_mask
-from synthesis.training import normalize
+from synthesis.normalize import zscore
 
 #: (eps grey levels, step grey levels, iterations, random start); the first is the protocol.
 RUNS = (
@@ -41,14 +37,13 @@ RUNS = (
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _common.parser(__doc__)
     parser.add_argument("package", help="a built package folder")
     parser.add_argument("--config", default="mito")
     parser.add_argument("--limit", type=int, default=4, help="test images to attack")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    _common.add_threads(parser)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _common.set_threads(args)
     info = load_model_spec(None, args.package, args.config, torch.device("cpu"))
     model = info.model
     rows = list(fluorobench_c.load(args.package, args.config, "test"))[: args.limit]
@@ -60,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     def iou(images: torch.Tensor) -> float:
         scores = SegmentationScores()
         with torch.no_grad():
-            scores.update(logits_to_mask(model(normalize(images.float()))), mask)
+            scores.update(logits_to_mask(model(zscore(images.float()))), mask)
         return float(scores.compute()["iou"])
 
     clean = iou(adu)

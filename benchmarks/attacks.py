@@ -5,7 +5,7 @@ Measures, in the same run and on the same images:
 - baseline: a textbook per-image PGD loop (one image at a time, ``loss.backward()`` on the
   batch-mean loss, so parameter gradients are computed and zeroed every step, as most
   research code and torchattacks-style implementations do);
-- :func:`synthesis.attacks.attack` with ``method="pgd"`` at several batch sizes (input
+- :func:`synthesis.corruptions.attacks.attack` with ``method="pgd"`` at several batch sizes (input
   gradients only via ``torch.autograd.grad``, rounding/budget in ADU included).
 
 Also reports the reference model's training throughput (images/s per optimiser step, at the
@@ -17,31 +17,16 @@ Timings are the best of ``--repeats`` interleaved runs (the machine is shared).
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
-import sys
-import time
-from pathlib import Path
-
+import _common
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import best_of, emit, interleaved
 
 from synthesis import rng
-from synthesis.attacks import attack, minmax
-from synthesis.training import normalize, segmentation_loss
-from synthesis.unet import UNet
-
-
-def machine(device: torch.device) -> str:
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU used"
-    return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores "
-        f"({torch.get_num_threads()} torch threads), {gpu}, torch {torch.__version__}"
-    )
+from synthesis.corruptions.attacks import attack, minmax
+from synthesis.models.training import segmentation_loss
+from synthesis.models.unet import UNet
+from synthesis.normalize import zscore
 
 
 def images(n: int, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,7 +50,7 @@ def naive_pgd(model: torch.nn.Module, adu: torch.Tensor, mask: torch.Tensor, eps
         x = (x0 + torch.empty_like(x0).uniform_(-eps, eps, generator=GEN[adu.device])).clamp(0, 1)
         for _ in range(10):
             x = x.detach().requires_grad_(True)
-            loss = F.binary_cross_entropy_with_logits(model(normalize(x)), mask[i : i + 1].float())
+            loss = F.binary_cross_entropy_with_logits(model(zscore(x)), mask[i : i + 1].float())
             model.zero_grad()
             loss.backward()
             x = x.detach() + alpha * x.grad.sign()
@@ -78,32 +63,18 @@ def naive_pgd(model: torch.nn.Module, adu: torch.Tensor, mask: torch.Tensor, eps
 GEN: dict[torch.device, torch.Generator] = {}
 
 
-def timed(fn, repeats: int, device: torch.device) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p = _common.parser(__doc__)
+    _common.add_device(p, "cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8])
     p.add_argument("--images", type=int, default=8)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--eps", type=float, default=8.0)
-    p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--json", action="store_true")
+    _common.add_repeats(p, 2)
+    _common.add_threads(p)
+    _common.add_json(p)
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _common.set_threads(args)
 
     device = torch.device(args.device)
     GEN[device] = torch.Generator(device=device).manual_seed(0)
@@ -129,15 +100,10 @@ def main() -> int:
                 )
 
         runs[str(bs)] = run
-    # Interleaved repeats, best of each: on a shared machine the load changes over minutes,
-    # so measuring one method after the other would compare different machines.
-    best = dict.fromkeys(runs, float("inf"))
-    for _ in range(args.repeats):
-        for name, fn in runs.items():
-            best[name] = min(best[name], timed(fn, 1, device))
+    best = interleaved(runs, args.repeats, device)
     t_base = best.pop("baseline")
     results = {
-        "machine": machine(device),
+        "machine": _common.machine(device, threads=True),
         "device": str(device),
         "image_size": args.size,
         "images": args.images,
@@ -156,7 +122,7 @@ def main() -> int:
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
     for crop in (128, args.size):
-        x = normalize(adu[:8, :, :crop, :crop].float())
+        x = zscore(adu[:8, :, :crop, :crop].float())
         y = mask[:8, :, :crop, :crop]
 
         def step(x: torch.Tensor = x, y: torch.Tensor = y) -> None:
@@ -166,28 +132,29 @@ def main() -> int:
             opt.step()
 
         step()
-        train[str(crop)] = x.shape[0] / timed(step, args.repeats, device)
+        train[str(crop)] = x.shape[0] / best_of(step, args.repeats, device)
     results["train_img_s_by_crop"] = train
+    emit(results, args.json, report)
+    return 0
 
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return 0
+
+def report(results: dict) -> None:
+    n, size = results["images"], results["image_size"]
     print(f"machine: {results['machine']}")
     print(
         f"PGD-10 on the reference U-Net ({results['model_parameters']:,} parameters), "
-        f"{args.images} images of {args.size}x{args.size}, eps {args.eps:g} grey levels"
+        f"{n} images of {size}x{size}, eps {results['eps_grey']:g} grey levels"
     )
     print(
         f"  baseline (naive per-image loop): {results['baseline_per_image_loop_img_s']:.3f} img/s"
     )
     for bs, r in results["batched"].items():
         print(
-            f"  synthesis.attacks.attack, batch {bs:>2}: {r['img_s']:.3f} img/s "
+            f"  synthesis.corruptions.attacks.attack, batch {bs:>2}: {r['img_s']:.3f} img/s "
             f"({r['speedup_vs_baseline']:.2f}x baseline)"
         )
-    for crop, v in train.items():
+    for crop, v in results["train_img_s_by_crop"].items():
         print(f"  training step, batch 8, {crop}x{crop}: {v:.2f} img/s")
-    return 0
 
 
 if __name__ == "__main__":

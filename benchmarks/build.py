@@ -14,27 +14,18 @@ Target (issue 2): streaming through `datasets` at >= 0.5x the direct read.
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import os
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import _common
 import numpy as np
 import pyarrow.parquet as pq
 import tifffile
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def machine() -> str:
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
+from _common import emit, timed
 
 
 def direct_read(files: list[Path], columns: list[str] | None) -> int:
@@ -63,29 +54,20 @@ def collate_read(ds, batch_size: int = 32) -> int:
     return sum(b["image"].shape[0] for b in loader)
 
 
-def timed(fn, *args, repeat: int = 3) -> tuple[float, int]:
-    best, n = float("inf"), 0
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        n = fn(*args)
-        best = min(best, time.perf_counter() - t0)
-    return best, n
-
-
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = _common.parser(__doc__)
     p.add_argument("--config", default="mito")
     p.add_argument("--train", type=int, default=16)
     p.add_argument("--validation", type=int, default=4)
     p.add_argument("--test", type=int, default=64)
     p.add_argument("--splits", nargs="+", default=["reference", "clean", "snr", "sib", "svb"])
-    p.add_argument("--device", default=None)
+    _common.add_device(p, None)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--read-split", default="snr_2")
-    p.add_argument("--json", action="store_true")
+    _common.add_json(p)
     args = p.parse_args()
 
-    from builder.build import BuildOptions, build
+    from builder.build.pipeline import BuildOptions, build
 
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,14 +94,14 @@ def main() -> None:
         lean = fluorobench_c.load(
             out, args.config, args.read_split, columns=["id", "image", "mask"]
         )
-        t_direct, n_direct = timed(direct_read, files, None)
-        t_ds, n_ds = timed(datasets_read, full)
-        t_col, n_col = timed(collate_read, lean)
-        t_dlean, _ = timed(direct_read, files, ["id", "image", "mask"])
-        t_lean, n_lean = timed(datasets_read, lean)
+        t_direct, n_direct = timed(lambda: direct_read(files, None), 3)
+        t_ds, n_ds = timed(lambda: datasets_read(full), 3)
+        t_col, n_col = timed(lambda: collate_read(lean), 3)
+        t_dlean, _ = timed(lambda: direct_read(files, ["id", "image", "mask"]), 3)
+        t_lean, n_lean = timed(lambda: datasets_read(lean), 3)
     assert n_direct == n_ds == n_col == n_lean, (n_direct, n_ds, n_col, n_lean)
     result = {
-        "machine": machine(),
+        "machine": _common.machine(),
         "config": args.config,
         "build": {"rows": rows, "seconds": build_s, "images_per_s": rows / build_s},
         "read": {
@@ -136,13 +118,15 @@ def main() -> None:
             "load_setup_s": setup_s,
         },
     }
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return
-    r = result["read"]
+    emit(result, args.json, lambda r: report(r, args.splits))
+
+
+def report(result: dict, splits: list[str]) -> None:
+    b, r = result["build"], result["read"]
     print(f"machine: {result['machine']}")
     print(
-        f"build: {rows} images in {build_s:.1f} s = {rows / build_s:.1f} images/s ({args.config}, {args.splits})"
+        f"build: {b['rows']} images in {b['seconds']:.1f} s = {b['images_per_s']:.1f} images/s "
+        f"({result['config']}, {splits})"
     )
     print(
         f"read {r['split']} ({r['rows']} rows); load() setup {r['load_setup_s']:.2f} s once, then:"

@@ -3,13 +3,13 @@
 Measures, in the same run, on the same 256x256 scenes (bars and blobs, textured foreground,
 dim background, i.e. the contrast the SNR definition uses):
 
-- noise at the reference SNR 8 and at every SNR level: :func:`synthesis.noise.add_noise`
+- noise at the reference SNR 8 and at every SNR level: :func:`synthesis.corruptions.noise.add_noise`
   (parameters, exact Poisson, read noise, ADU rounding and clipping, realised SNR) against a
   per-image NumPy reference of the same maths (``Generator.poisson`` + ``normal``, the same
   closed form, rounding and SNR measurement);
-- SIB level 3: :func:`synthesis.psf.sib` against ``scipy.ndimage.gaussian_filter`` (same
+- SIB level 3: :func:`synthesis.corruptions.psf.sib` against ``scipy.ndimage.gaussian_filter`` (same
   kernel, ``mode="reflect"``) and OpenCV's ``GaussianBlur`` (``BORDER_REFLECT``) if installed;
-- SVB level 3 with K = 4 and the default K rings: :func:`synthesis.psf.space_variant_blur`
+- SVB level 3 with K = 4 and the default K rings: :func:`synthesis.corruptions.psf.space_variant_blur`
   against SIB (target: K = 4 at most 3x SIB) and against the same basis written per image
   with SciPy;
 - optionally (``--svb-error``) the relative error of the SVB basis against the exact
@@ -27,36 +27,21 @@ image + bool mask, write int32 ADU = 9 B/px; blur: read + write float32 = 8 B/px
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
-import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
 
+import _common
 import numpy as np
 import torch
+from _common import emit, interleaved
 from scipy import ndimage
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from synthesis import noise, psf
+from synthesis.corruptions import noise, psf
 from synthesis.levels import REFERENCE_SNR, SIB_SIGMA_PX, SNR_LEVELS, SVB, Camera
 
 try:  # optional baseline
     import cv2
 except ImportError:  # pragma: no cover - depends on the machine
     cv2 = None
-
-
-def machine(device: torch.device) -> str:
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU used"
-    return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores "
-        f"({torch.get_num_threads()} torch threads), {gpu}, torch {torch.__version__}"
-    )
 
 
 def scenes(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,19 +56,6 @@ def scenes(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     texture = 1.0 + 0.5 * torch.rand(n, 1, size, size, generator=g)
     clean = torch.where(mask, texture, torch.full_like(texture, 0.1))
     return clean, mask
-
-
-def best_time(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    best = math.inf
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 # --- NumPy/SciPy references (one image at a time, the same maths) ------------------------
@@ -126,8 +98,7 @@ def cv2_blur(img: np.ndarray, sigma: float) -> np.ndarray:
 
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _common.set_threads(args)
     clean, mask = scenes(args.batch, args.size)
     clean, mask = clean.to(device), mask.to(device)
     cpu_clean, cpu_mask = clean.cpu().numpy()[:, 0], mask.cpu().numpy()[:, 0]
@@ -151,72 +122,54 @@ def run(args: argparse.Namespace) -> dict:
     # Noise: the reference SNR and every level (8 is the reference).
     levels = [REFERENCE_SNR] + [float(s) for s in SNR_LEVELS if s != REFERENCE_SNR]
     for snr in levels:
-        t_t = t_n = math.inf
-        for _ in range(args.repeats):  # interleaved: both see the same machine load
-            t_t = min(
-                t_t, best_time(lambda s=snr: noise.add_noise(clean, mask, s, seeds), 1, device)
-            )
-            t_n = min(
-                t_n,
-                best_time(
-                    lambda s=snr: [
-                        numpy_noise(cpu_clean[i], cpu_mask[i], s, cam, i) for i in range(ref_n)
-                    ],
-                    1,
-                    device,
-                ),
-            )
+        t = interleaved(
+            {
+                "torch": lambda s=snr: noise.add_noise(clean, mask, s, seeds),
+                "numpy": lambda s=snr: [
+                    numpy_noise(cpu_clean[i], cpu_mask[i], s, cam, i) for i in range(ref_n)
+                ],
+            },
+            args.repeats,
+            device,
+        )
         name = "noise_reference_snr8" if snr == REFERENCE_SNR else f"noise_snr{int(snr)}"
-        record(name, t_t, {"numpy": t_n}, 9)
+        record(name, t.pop("torch"), t, 9)
 
     # SIB level 3.
     sigma = SIB_SIGMA_PX[3]
-    t_t = t_s = t_c = math.inf
-    for _ in range(args.repeats):
-        t_t = min(t_t, best_time(lambda: psf.sib(clean, 3), 1, device))
-        t_s = min(
-            t_s,
-            best_time(
-                lambda: [
-                    ndimage.gaussian_filter(cpu_clean[i], sigma, mode="reflect", truncate=4.0)
-                    for i in range(ref_n)
-                ],
-                1,
-                device,
-            ),
-        )
-        if cv2 is not None:
-            t_c = min(
-                t_c,
-                best_time(lambda: [cv2_blur(cpu_clean[i], sigma) for i in range(ref_n)], 1, device),
-            )
-    refs = {"scipy": t_s} | ({"opencv": t_c} if cv2 is not None else {})
-    record("sib_level3", t_t, refs, 8)
-    t_sib = t_t
+    runs = {
+        "torch": lambda: psf.sib(clean, 3),
+        "scipy": lambda: [
+            ndimage.gaussian_filter(cpu_clean[i], sigma, mode="reflect", truncate=4.0)
+            for i in range(ref_n)
+        ],
+    }
+    if cv2 is not None:
+        runs["opencv"] = lambda: [cv2_blur(cpu_clean[i], sigma) for i in range(ref_n)]
+    t = interleaved(runs, args.repeats, device)
+    t_sib = t.pop("torch")
+    record("sib_level3", t_sib, t, 8)
 
     # SVB level 3: K = 4 and the default.
     for rings in sorted({4, SVB.rings}):
         nodes = psf.svb_ring_sigmas(sigma, rings, SVB.sigma_center_px)
         w = psf.svb_weights(psf.svb_sigma_map(args.size, args.size, sigma), nodes).float().numpy()
-        t_t = t_s = math.inf
-        for _ in range(args.repeats):
-            t_t = min(
-                t_t,
-                best_time(lambda r=rings: psf.space_variant_blur(clean, sigma, rings=r), 1, device),
-            )
-            t_s = min(
-                t_s,
-                best_time(
-                    lambda n=nodes, ww=w: [scipy_svb(cpu_clean[i], n, ww) for i in range(ref_n)],
-                    1,
-                    device,
-                ),
-            )
-        record(f"svb_level3_K{rings}", t_t, {"scipy": t_s}, 8)
+        t = interleaved(
+            {
+                "torch": lambda r=rings: psf.space_variant_blur(clean, sigma, rings=r),
+                "scipy": lambda n=nodes, ww=w: [
+                    scipy_svb(cpu_clean[i], n, ww) for i in range(ref_n)
+                ],
+            },
+            args.repeats,
+            device,
+        )
+        t_t = t.pop("torch")
+        record(f"svb_level3_K{rings}", t_t, t, 8)
         results[f"svb_level3_K{rings}"]["cost_vs_sib"] = t_t / t_sib
 
     out = {
-        "machine": machine(device),
+        "machine": _common.machine(device, threads=True),
         "batch": args.batch,
         "size": args.size,
         "reference_images": ref_n,
@@ -278,24 +231,20 @@ def print_table(out: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = _common.parser(__doc__)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    parser.add_argument("--repeats", type=int, default=3)
+    _common.add_device(parser, "cpu")
+    _common.add_threads(parser)
+    _common.add_repeats(parser, 3)
     parser.add_argument(
         "--ref-images", type=int, default=64, help="images for the per-image references"
     )
     parser.add_argument("--peak-gbps", type=float, default=3350.0, help="H100 SXM: 3350")
     parser.add_argument("--svb-error", action="store_true", help="also measure SVB vs exact")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _common.add_json(parser)
     args = parser.parse_args(argv)
-    out = run(args)
-    if args.json:
-        print(json.dumps(out, indent=2))
-    else:
-        print_table(out)
+    emit(run(args), args.json, print_table)
 
 
 if __name__ == "__main__":

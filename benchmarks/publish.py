@@ -16,20 +16,17 @@ subprocess (the hub libraries read ``HF_ENDPOINT`` at import) and times its own 
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import _common
+from _common import ROOT, emit
 
-from tests.hub_server import LoopbackHub, hub_env  # noqa: E402
+from tests.hub_server import LoopbackHub, hub_env
 
 TOKEN = "hf_benchmark_token"
 
@@ -46,19 +43,12 @@ print(json.dumps({"seconds": time.perf_counter() - t}))
 
 _PUBLISH = """
 import json, sys, time
-import huggingface_hub, builder.card, builder.verify  # imports are not what is measured
-from builder.publish import publish
+import huggingface_hub, builder.package.card, builder.package.verify  # imports are not what is measured
+from builder.package.publish import publish
 t = time.perf_counter()
 r = publish(sys.argv[1], sys.argv[2], load_check=False, files_per_commit=int(sys.argv[3]))
 print(json.dumps({"seconds": time.perf_counter() - t, "commits": len(r.commits)}))
 """
-
-
-def machine() -> str:
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.machine()}, {os.cpu_count()} cores, {gpu}"
 
 
 def client(hub: LoopbackHub, home: Path, code: str, *args: str) -> dict:
@@ -77,11 +67,11 @@ def client(hub: LoopbackHub, home: Path, code: str, *args: str) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = _common.parser(__doc__)
     p.add_argument("--package", type=Path, default=None, help="an existing package folder")
     p.add_argument("--test", type=int, default=8, help="test images of the build (no --package)")
     p.add_argument("--files-per-commit", type=int, default=20)
-    p.add_argument("--json", action="store_true")
+    _common.add_json(p)
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,7 +88,7 @@ def main() -> None:
         files = [f for f in out.rglob("*") if f.is_file() and not f.name.startswith(".")]
         total = sum(f.stat().st_size for f in files)
 
-        from builder.verify import verify
+        from builder.package.verify import verify
 
         t = time.perf_counter()
         assert verify(out, load=False) == []
@@ -119,7 +109,7 @@ def main() -> None:
 
     mb = total / 1e6
     result = {
-        "machine": machine(),
+        "machine": _common.machine(torch_version=False),
         "files": len(files),
         "megabytes": round(mb, 2),
         "verify_no_load_s": round(verify_s, 3),
@@ -136,11 +126,13 @@ def main() -> None:
             "ratio_publish_over_upload_folder": round(ours_2["seconds"] / base_2["seconds"], 2),
         },
     }
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return
+    emit(result, args.json, lambda r: report(r, mb, verify_s))
+
+
+def report(result: dict, mb: float, verify_s: float) -> None:
+    """The text report; ``mb`` and ``verify_s`` unrounded (``result`` holds them rounded)."""
     print(f"machine: {result['machine']}")
-    print(f"package: {len(files)} files, {mb:.1f} MB; verify (no load) {verify_s:.2f} s")
+    print(f"package: {result['files']} files, {mb:.1f} MB; verify (no load) {verify_s:.2f} s")
     f, u = result["fresh"], result["unchanged_rerun"]
     print(
         f"fresh upload:    upload_folder {f['upload_folder_s']:.2f} s | publish "

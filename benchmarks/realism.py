@@ -5,7 +5,7 @@ Three comparisons, all in one run:
 1. **Masks**: procedural nucleus masks against the real BBBC038 masks, tiled as the benchmark
    tiles them: foreground fraction and nuclei per tile, equivalent diameter, aspect ratio and
    solidity of whole nuclei, share of nuclei touching a neighbour (quantiles side by side).
-2. **Images**: for real test tiles, the physics renderer (``synthesis.render``) applied to
+2. **Images**: for real test tiles, the physics renderer (``synthesis.render.physics``) applied to
    the tile's real mask and instances, against a naive baseline (mask x constant, Gaussian
    blur sigma 1.5 px) and the real image. Every image is normalised the same way (minus its
    0.5th background percentile, the camera offset, divided by its foreground mean); the two
@@ -27,33 +27,29 @@ Writes the picture grid real | rendered | naive to ``docs/images/realism_nucleus
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
-import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 # Before torch loads libgomp: its default spin-waiting made 2-thread torch 5-10x slower than
 # 1 thread on this shared (oversubscribed) 2-core machine; passive waiting made it faster.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import _common
 import numpy as np
 import torch
+from _common import ROOT, best_of, emit, shown
 from PIL import Image, ImageDraw
 from scipy import ndimage
 from scipy.spatial import ConvexHull
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from synthesis import rng  # noqa: E402
-from synthesis.masks import STRUCTURES, generate_masks  # noqa: E402
-from synthesis.psf import gaussian_blur  # noqa: E402
-from synthesis.render import render  # noqa: E402
-from synthesis.rng import derive_seed  # noqa: E402
-from synthesis.sources import SPLITS, open_source  # noqa: E402
+from synthesis import rng
+from synthesis.corruptions.psf import gaussian_blur
+from synthesis.groundtruth.masks import STRUCTURES, generate_masks
+from synthesis.groundtruth.sources import open_source
+from synthesis.render.physics import render
+from synthesis.rng import derive_seed
 
 STREAM_BENCH_NOISE = 299  # matched camera noise of this script only
 NAIVE_PSF_PX = 1.5
@@ -62,13 +58,7 @@ EIGHT = np.ones((3, 3), dtype=bool)
 
 
 def machine() -> str:
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores "
-        f"(load average {load}) "
-        f"({torch.get_num_threads()} torch threads, OMP_WAIT_POLICY="
-        f"{os.environ.get('OMP_WAIT_POLICY')}), no GPU used, torch {torch.__version__}"
-    )
+    return _common.machine("cpu", threads=True, load=True, omp=True)
 
 
 # ----------------------------------------------------------------------------- masks
@@ -182,10 +172,49 @@ def distances(real: np.ndarray, syn: np.ndarray, fg: np.ndarray) -> dict[str, fl
     }
 
 
-def compare_images(items: list, seed: int) -> tuple[dict, list[tuple[np.ndarray, ...]]]:
+def tile_tensors(items: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(N, 1, H, W)`` boolean masks and int32 instance labels of the tiles."""
     mask = torch.from_numpy(np.stack([it.mask for it in items]))[:, None] > 0
     inst = torch.from_numpy(np.stack([it.instances.astype(np.int32) for it in items]))[:, None]
-    seeds = torch.tensor([derive_seed(seed, "nucleus", it.id, "render") for it in items])
+    return mask, inst
+
+
+def render_seeds(items: list, seed: int) -> torch.Tensor:
+    """The per-tile render seeds (and, in stream ``STREAM_BENCH_NOISE``, camera noise draws)."""
+    return torch.tensor([derive_seed(seed, "nucleus", it.id, "render") for it in items])
+
+
+def real_tiles(items: list) -> Iterator[tuple[int, np.ndarray, np.ndarray, tuple[float, float]]]:
+    """Per tile: (index, foreground, the real image :func:`normalise`-d, its camera noise)."""
+    for k, it in enumerate(items):
+        fg = it.mask > 0
+        real = normalise(it.image.astype(np.float64), fg)
+        yield k, fg, real, camera_noise(real, fg)
+
+
+def with_camera_noise(
+    clean: np.ndarray, fg: np.ndarray, camera: tuple[float, float], draw: np.ndarray
+) -> np.ndarray:
+    """``clean`` normalised, plus the real tile's ``camera`` noise (:func:`camera_noise`) made
+    from the standard normal ``draw`` (clipped at 5.5 sd)."""
+    var0, gain = camera
+    x = normalise(clean, fg)
+    sd = np.sqrt(var0 + gain * np.clip(x, 0, None))
+    return x + sd * np.clip(draw, -5.5, 5.5)
+
+
+def add_distances(
+    per: dict[str, dict[str, list[float]]], real: np.ndarray, syn: dict, fg: np.ndarray
+) -> None:
+    """Append to ``per[name]`` the :func:`distances` of each ``syn[name]`` to ``real``."""
+    for name, x in syn.items():
+        for metric, v in distances(real, x, fg).items():
+            per[name].setdefault(metric, []).append(v)
+
+
+def compare_images(items: list, seed: int) -> tuple[dict, list[tuple[np.ndarray, ...]]]:
+    mask, inst = tile_tensors(items)
+    seeds = render_seeds(items, seed)
     rendered = render(mask, seeds, "nucleus", instances=inst).image[:, 0].double().numpy()
     naive = gaussian_blur(mask.float(), NAIVE_PSF_PX)[:, 0].double().numpy()
     noise = rng.normal(seeds, (2, *mask.shape[2:]), STREAM_BENCH_NOISE).double().numpy()
@@ -194,18 +223,12 @@ def compare_images(items: list, seed: int) -> tuple[dict, list[tuple[np.ndarray,
         k: {"bg_fg_ratio": [], "fg_cv": []} for k in ("real", "rendered", "naive")
     }
     panels = []
-    for k, it in enumerate(items):
-        fg = it.mask > 0
-        real = normalise(it.image.astype(np.float64), fg)
-        var0, gain = camera_noise(real, fg)
-        syn = {}
-        for j, (name, clean) in enumerate((("rendered", rendered[k]), ("naive", naive[k]))):
-            x = normalise(clean, fg)
-            sd = np.sqrt(var0 + gain * np.clip(x, 0, None))
-            syn[name] = x + sd * np.clip(noise[k, j], -5.5, 5.5)
-        for name, x in syn.items():
-            for metric, v in distances(real, x, fg).items():
-                per[name].setdefault(metric, []).append(v)
+    for k, fg, real, camera in real_tiles(items):
+        syn = {
+            name: with_camera_noise(clean, fg, camera, noise[k, j])
+            for j, (name, clean) in enumerate((("rendered", rendered[k]), ("naive", naive[k])))
+        }
+        add_distances(per, real, syn, fg)
         for name, x in (("real", real), *syn.items()):
             levels[name]["bg_fg_ratio"].append(float(x[~fg].mean()))
             levels[name]["fg_cv"].append(float(x[fg].std()))
@@ -235,33 +258,46 @@ def write_grid(panels: list[tuple[np.ndarray, ...]], path: Path, rows: int = 4) 
     order = np.argsort([fg[crop, crop].mean() for *_, fg in panels])
     at = np.linspace(0.25, 0.97, rows) if rows > 1 else np.array([0.5])
     pick = [panels[i] for i in order[(at * (len(order) - 1)).round().astype(int)]]
-    canvas = np.full((head + rows * (tile + gap) - gap, 3 * (tile + gap) - gap), 255, np.uint8)
-    for r, (*imgs, _) in enumerate(pick):
+    labels = ("real (BBBC038)", "physics renderer", "naive: mask + blur")
+    tiles = [[x[crop, crop] for x in imgs] for *imgs, _ in pick]
+    return save_grid(tiles, labels, path, head=head, label_at=(4, 2), gap=gap)
+
+
+def save_grid(
+    rows: list[list[np.ndarray]],
+    labels: tuple[str, ...],
+    path: Path,
+    *,
+    head: int,
+    label_at: tuple[int, int],
+    gap: int = 4,
+    bottom: int = 0,
+) -> int:
+    """Write a PNG grid of equal square images, each stretched to its own 0.5-99.5 % range,
+    under a ``head`` px band with one label per column (at ``label_at`` in the column) and
+    ``gap`` px between images (``bottom`` px of margin below); returns the file's size."""
+    tile = rows[0][0].shape[0]
+    canvas = np.full(
+        (head + len(rows) * (tile + gap) - gap + bottom, len(labels) * (tile + gap) - gap),
+        255,
+        np.uint8,
+    )
+    for r, imgs in enumerate(rows):
         for c, x in enumerate(imgs):
-            x = x[crop, crop]
             lo, hi = np.percentile(x, [0.5, 99.5])
             v = np.clip((x - lo) / max(hi - lo, 1e-9), 0, 1)
             y0, x0 = head + r * (tile + gap), c * (tile + gap)
             canvas[y0 : y0 + tile, x0 : x0 + tile] = (v * 255).round().astype(np.uint8)
     im = Image.fromarray(canvas)
     draw = ImageDraw.Draw(im)
-    for c, label in enumerate(("real (BBBC038)", "physics renderer", "naive: mask + blur")):
-        draw.text((c * (tile + gap) + 4, 2), label, fill=0)
+    for c, label in enumerate(labels):
+        draw.text((c * (tile + gap) + label_at[0], label_at[1]), label, fill=0)
     path.parent.mkdir(parents=True, exist_ok=True)
     im.save(path, optimize=True)
     return path.stat().st_size
 
 
 # ----------------------------------------------------------------------------- speed
-
-
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def speed(data: Path, batch: int, repeats: int) -> dict[str, float]:
@@ -293,29 +329,15 @@ def speed(data: Path, batch: int, repeats: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--data",
-        type=Path,
-        default=ROOT.parent / "shared" / "data" / "bbbc038-fluorescence" / "stage1_train",
-    )
-    p.add_argument("--split", default="test", choices=SPLITS)
-    p.add_argument("--images", type=int, default=80, help="real tiles compared (0 = all)")
+    p = _common.parser(__doc__)
+    _common.add_tiles(p, grid=ROOT / "docs" / "images" / "realism_nucleus.png")
     p.add_argument("--procedural", type=int, default=96, help="procedural masks compared")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--grid", type=Path, default=ROOT / "docs" / "images" / "realism_nucleus.png")
-    p.add_argument("--no-grid", action="store_true")
     p.add_argument("--no-speed", action="store_true")
-    p.add_argument("--speed-batch", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--json", action="store_true")
+    _common.add_speed(p)
+    _common.add_json(p)
     args = p.parse_args(argv)
-    if not args.data.exists():
-        raise SystemExit(f"BBBC038 stage1_train not found at {args.data} (see --data)")
     t0 = time.perf_counter()
-    counts = {s: 1 for s in SPLITS} | {args.split: args.images}
-    src = open_source(args.data, "nucleus", seed=args.seed, counts=counts)
-    items = src.load(src.ids(args.split))
+    src, items = _common.load_tiles(args)
     result: dict = {
         "machine": machine(),
         "data": str(args.data),
@@ -327,16 +349,11 @@ def main(argv: list[str] | None = None) -> dict:
     result["images"] = images
     if not args.no_grid:
         result["grid_bytes"] = write_grid(panels, args.grid)
-        result["grid"] = str(
-            args.grid.relative_to(ROOT) if args.grid.is_relative_to(ROOT) else args.grid
-        )
+        result["grid"] = shown(args.grid)
     if not args.no_speed:
         result["speed"] = speed(args.data, args.speed_batch, args.repeats)
     result["seconds"] = round(time.perf_counter() - t0, 1)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        report(result)
+    emit(result, args.json, report)
     return result
 
 

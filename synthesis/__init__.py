@@ -1,9 +1,18 @@
-"""Image synthesis for FluoroBench-C: masks, mask->image rendering, corruptions and attacks.
+"""Image synthesis for FluoroBench-C: ground truth, rendering, corruptions, models.
 
-Everything here is a batched, device-agnostic torch function on ``(B, 1, H, W)`` tensors.
-Randomness comes only from explicit per-row seeds (see :mod:`synthesis.rng`), so any output
-can be replayed from the parameters stored with its row. This package never imports
-``builder``: the builder turns what is made here into dataset shards.
+Batched, device-agnostic torch functions on ``(B, 1, H, W)`` tensors, by job:
+
+- :mod:`synthesis.groundtruth`: masks per structure and sources per adapter;
+- :mod:`synthesis.render`: mask -> noise-free image (physics, pix2pix GAN, denoiser);
+- :mod:`synthesis.corruptions`: camera noise at an exact SNR, PSFs (SIB, SVB), attacks;
+- :mod:`synthesis.models`: U-Net, pix2pix and their training loops, weight files;
+- :mod:`synthesis.rng`: counter-based random streams and the registry of stream ids;
+- shared definitions: :mod:`synthesis.levels` (the tables), :mod:`synthesis.normalize`
+  (model input), :mod:`synthesis.metrics`, :mod:`synthesis.checks`, :mod:`synthesis.device`,
+  :mod:`synthesis.errors`, :mod:`synthesis.files`, :mod:`synthesis.progress`.
+
+Randomness comes only from explicit per-row seeds, so any output can be replayed from the
+parameters stored with its row. This package imports neither ``builder`` nor
+``fluorobench_c`` (an import-linter contract). Science: ``docs/definitions.md``; layers:
+``docs/architecture.md``.
 """
-
-__all__ = ["levels", "rng"]

@@ -1,17 +1,19 @@
-"""Severity tables of the benchmark: the one place the levels are defined.
+"""The benchmark's tables: configs, severity levels, camera and attack protocol, defined once.
 
-The builder's split plan, the corruption functions and the dataset card all read these
-tables, keyed by the names the dataset uses (``snr_2``, ``sib_3``, ``pgd_8``...).
-Definitions: ``benchmark-spec.md`` section 3.
+The builder's split plan, the corruption functions, the loader and the dataset card all read
+these tables, keyed by the names the dataset uses (``mito``, ``snr_2``, ``sib_3``, ``pgd_8``...).
+No torch here: the package side reads them too. Definitions:
+``docs/definitions.md`` (sections Units and camera, SNR, Blur, Attacks).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 __all__ = [
     "ATTACKS",
+    "CONFIGS",
+    "CONFIG_TITLES",
     "ATTACK_EPSILONS_GREY",
     "BLUR_LEVELS",
     "REFERENCE_SNR",
@@ -22,6 +24,14 @@ __all__ = [
     "Camera",
     "SVBSettings",
 ]
+
+#: The dataset's configs, one per structure, in the order they are built and listed.
+CONFIGS: tuple[str, ...] = ("er", "mito", "nucleus")
+CONFIG_TITLES: dict[str, str] = {
+    "er": "ER-C (endoplasmic reticulum)",
+    "mito": "Mito-C (mitochondria)",
+    "nucleus": "Nucleus-C (cell nuclei)",
+}
 
 #: Signal-to-noise ratios of the ``snr_*`` splits (camera equation on the mask foreground).
 SNR_LEVELS: tuple[int, ...] = (1, 2, 3, 4, 5, 8)
@@ -94,15 +104,3 @@ ATTACKS: dict[str, AttackProtocol] = {
     "ifgsm": AttackProtocol("ifgsm", step_grey=1.0, random_start=False),
     "pgd": AttackProtocol("pgd", step_grey=2.0, random_start=True),
 }
-
-
-def snr_k_closed_form(snr: float, c: float, beta: float, var_e: float) -> float:
-    """Electrons per image unit ``k`` with ``k c / sqrt(k c + k beta + var_e) = snr`` exactly.
-
-    ``c``: foreground mean above background, ``beta``: background mean (image units);
-    ``var_e``: signal-independent variance in e-^2 (read noise^2 + quantisation).
-    """
-    s2 = snr * snr
-    return (s2 * (c + beta) + math.sqrt(s2 * s2 * (c + beta) ** 2 + 4 * c * c * s2 * var_e)) / (
-        2 * c * c
-    )

@@ -5,7 +5,7 @@ and a target that are both empty agree perfectly, so both scores are then define
 (the usual convention: an image without structure that the model leaves empty is not an
 error); when only one of the two is empty the score is 0.0.
 
-Robustness (``benchmark-spec.md`` section 2) is ``100 * IoU(split) / IoU(reference)``.
+Robustness (``docs/definitions.md#normalisation-and-scores``) is ``100 * IoU(split) / IoU(reference)``.
 
 :class:`SegmentationScores` accumulates over a whole split and reports both the aggregate
 scores (intersections and unions summed over every pixel of every image, which weights large

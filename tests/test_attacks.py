@@ -7,8 +7,7 @@ import torch
 from torch import nn
 
 from synthesis import rng
-from synthesis.attacks import (
-    ATTACK_START_STREAM,
+from synthesis.corruptions.attacks import (
     METHODS,
     _objective,
     attack,
@@ -18,8 +17,10 @@ from synthesis.attacks import (
 )
 from synthesis.levels import ATTACKS
 from synthesis.metrics import iou, logits_to_mask
-from synthesis.training import normalize, train_segmenter
-from synthesis.unet import UNet
+from synthesis.models.training import train_segmenter
+from synthesis.models.unet import UNet
+from synthesis.normalize import zscore
+from synthesis.rng import streams
 from tests.toy import toy_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -36,7 +37,7 @@ def _trained(out_channels: int):
     va, vm = toy_data(16, seed=2)
     net = UNet(out_channels=out_channels, base_channels=4, depth=3)
     kw = dict(epochs=12, batch_size=8, lr=1e-2, seed=0)
-    result = train_segmenter(net, normalize(a), m, normalize(va), vm, **kw)
+    result = train_segmenter(net, zscore(a), m, zscore(va), vm, **kw)
     assert result.best_val_iou > 0.8
     return net
 
@@ -53,7 +54,7 @@ def net2():
 
 def _score(net, adu, mask):
     with torch.no_grad():
-        return iou(logits_to_mask(net(normalize(adu.float()))), mask).mean().item()
+        return iou(logits_to_mask(net(zscore(adu.float()))), mask).mean().item()
 
 
 def _check_budget(adu, result, eps_grey):
@@ -202,7 +203,7 @@ def test_random_start_replay_and_batch_independence(net1, test_set):
     assert start.abs().max() <= 0.5
     assert abs(start.mean().item()) < 0.01
     assert start.var().item() == pytest.approx(0.25 / 3, rel=0.03)
-    u = rng.uniform(seeds, (1, 64, 64), ATTACK_START_STREAM)
+    u = rng.uniform(seeds, (1, 64, 64), streams.ATTACK_START)
     torch.testing.assert_close(start, (2 * u - 1) * 0.5)
 
 

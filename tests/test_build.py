@@ -18,9 +18,9 @@ import pytest
 from PIL import Image
 
 from builder.cli import main
-from builder.manifest import build_lock
-from builder.plan import CORRUPTIONS, all_splits
-from builder.verify import verify
+from builder.package.manifest import build_lock
+from builder.package.plan import CORRUPTIONS, all_splits
+from builder.package.verify import verify
 from tests.conftest import ROOT, SMALL
 
 CONFIGS = ("er", "mito", "nucleus")
@@ -95,7 +95,7 @@ def test_every_split_loads_streaming_and_not(small_package: Path, config: str, t
 
 
 def test_snr_8_shares_the_files_of_test(small_package: Path):
-    from builder.card import split_files
+    from builder.package.manifest import split_files
 
     m = _manifest(small_package)
     for config in CONFIGS:

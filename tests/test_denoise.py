@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from synthesis import denoise as dn
-from synthesis.gan_train import DENOISER_OVERRIDES, PRESETS, Pix2PixTrainer, with_overrides
+from synthesis.models.gan_training import (
+    DENOISER_OVERRIDES,
+    PRESETS,
+    Pix2PixTrainer,
+    with_overrides,
+)
+from synthesis.render import denoise as dn
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from builder.cli import main
-from builder.evaluate import parse_attacks, summarise
+from builder.evaluation.scoring import parse_attacks, summarise
 
 
 def test_evaluate_reference_model_end_to_end(small_package: Path, tmp_path: Path, capsys):

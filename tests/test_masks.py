@@ -14,7 +14,13 @@ import torch
 from scipy import ndimage
 from scipy.spatial import ConvexHull
 
-from synthesis.masks import MASK_SETTINGS, STRUCTURES, _er_layout, generate_masks, settings_dict
+from synthesis.groundtruth.masks import (
+    MASK_SETTINGS,
+    STRUCTURES,
+    _er_layout,
+    generate_masks,
+    settings_dict,
+)
 
 EIGHT = np.ones((3, 3), dtype=bool)
 

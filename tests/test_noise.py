@@ -1,4 +1,4 @@
-"""Tests of synthesis.noise: SNR-exact Poisson-Gaussian and Gaussian camera noise.
+"""Tests of synthesis.corruptions.noise: SNR-exact Poisson-Gaussian and Gaussian camera noise.
 
 Physics is tested against theory with seeded samples; every tolerance is stated as a multiple
 of the standard error (SE) of the statistic, computed for the test's pixel counts.
@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from synthesis import noise
+from synthesis.corruptions import noise
 from synthesis.levels import SNR_LEVELS, Camera
 
 H = W = 512  # 262k pixels per image: SNR measured to ~0.5% (see test_realised_snr...)

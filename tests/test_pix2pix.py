@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from synthesis.gan_renderer import IMAGE_SCALE, MIN_VALUE, GanRenderer, weight_files
-from synthesis.gan_train import (
+from synthesis.files import sha256_file
+from synthesis.models.gan_training import (
     PRESETS,
     GanSettings,
     PairSet,
@@ -18,17 +18,17 @@ from synthesis.gan_train import (
     noise_input,
     with_overrides,
 )
-from synthesis.pix2pix import (
+from synthesis.models.pix2pix import (
     FG_LEVEL,
     PatchDiscriminator,
     UNetGenerator,
-    file_sha256,
     generator_input,
     load_weights,
     normalise_pair,
     save_weights,
     to_unit,
 )
+from synthesis.render.gan import IMAGE_SCALE, MIN_VALUE, GanRenderer, weight_files
 
 TINY = PRESETS["tiny"]
 
@@ -157,7 +157,7 @@ def test_save_load_roundtrip(tmp_path):
     g = UNetGenerator(in_channels=2, ngf=4, num_downs=3, seed=1)
     path = tmp_path / "g.safetensors"
     sha = save_weights(g, path, metadata={"structure": "nucleus"})
-    assert sha == file_sha256(path)
+    assert sha == sha256_file(path)
     h, meta = load_weights(path)
     assert meta == {"structure": "nucleus"} and not h.training
     x = torch.randn(1, 2, 16, 16)
@@ -266,8 +266,8 @@ def test_renderer_interface_and_params(tmp_path):
     assert float(out.image.min()) >= MIN_VALUE and float(out.image.max()) <= IMAGE_SCALE
     p = out.params[1]
     assert p["seed"] == 6 and p["renderer"] == "gan"
-    assert p["generator_sha256"] == file_sha256(tmp_path / "nucleus-pix2pix.safetensors")
-    assert p["denoiser_sha256"] == file_sha256(tmp_path / "nucleus-denoiser.safetensors")
+    assert p["generator_sha256"] == sha256_file(tmp_path / "nucleus-pix2pix.safetensors")
+    assert p["denoiser_sha256"] == sha256_file(tmp_path / "nucleus-denoiser.safetensors")
     json.dumps(out.params)
     # A row does not depend on its batch (float tolerance: convolution blocking may differ).
     alone = r(masks[1:2], seeds[1:2], "nucleus").image

@@ -1,4 +1,4 @@
-"""Tests of synthesis.psf: Gaussian kernels, SIB and SVB against scipy and exact references.
+"""Tests of synthesis.corruptions.psf: Gaussian kernels, SIB and SVB against scipy and exact references.
 
 Reference values come from scipy.ndimage.gaussian_filter (mode="reflect", truncate=4, the
 same kernel and boundary) and from psf.space_variant_blur_exact (the per-pixel operator).
@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from synthesis import psf
+from synthesis.corruptions import psf
 from synthesis.levels import SIB_SIGMA_PX, SVB
 
 

@@ -22,10 +22,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from builder.card import card_metadata, render_card, split_files
 from builder.cli import main
-from builder.publish import LocalFile, PublishRefused, RemoteFile, make_plan, publish
-from builder.samples import MAX_PNG_BYTES, grid_rows
+from builder.package.card import card_metadata, render_card
+from builder.package.manifest import split_files
+from builder.package.publish import LocalFile, PublishRefused, RemoteFile, make_plan, publish
+from builder.package.samples import MAX_PNG_BYTES, grid_rows
 from tests.conftest import ROOT
 from tests.hub_server import LoopbackHub, hub_env, row_digest
 
@@ -430,7 +431,7 @@ def test_card_renders_evaluation_results_when_present(package: Path, tmp_path: P
 
 
 def test_sample_grid_shows_one_id_across_splits(package: Path):
-    from builder.samples import _CAPTION_PX, _GAP_PX, _TITLE_PX, TILE_SIZES, _tile
+    from builder.package.samples import _CAPTION_PX, _GAP_PX, _TITLE_PX, TILE_SIZES, _tile
 
     manifest = json.loads((package / "manifest.json").read_text())
     for config in CONFIGS:
@@ -456,7 +457,7 @@ def test_sample_grid_shows_one_id_across_splits(package: Path):
 
 def test_sample_grid_of_a_full_build_stays_small(package: Path):
     """Worst case: every tile of the full layout (7 rows) is a noisy SNR-2 image."""
-    from builder.samples import _CAPTION_PX, _GAP_PX, _TITLE_PX, TILE_SIZES, render_grid
+    from builder.package.samples import _CAPTION_PX, _GAP_PX, _TITLE_PX, TILE_SIZES, render_grid
 
     manifest = json.loads((package / "manifest.json").read_text())
     for config in CONFIGS:

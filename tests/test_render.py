@@ -10,12 +10,11 @@ import pytest
 import torch
 from scipy import stats
 
-from synthesis import psf
-from synthesis.masks import generate_masks
-from synthesis.render import (
+from synthesis.corruptions import psf
+from synthesis.groundtruth.masks import generate_masks
+from synthesis.render.physics import (
     PARAM_NAMES,
     RENDER_SETTINGS,
-    STREAM_TEXTURE_FINE,
     _gamma_wilson_hilferty,
     _unit_field,
     _wide_blur,
@@ -23,6 +22,7 @@ from synthesis.render import (
     render_with_params,
     sample_render_params,
 )
+from synthesis.rng import streams
 
 
 def _square_mask(b: int = 2, size: int = 64) -> torch.Tensor:
@@ -73,7 +73,7 @@ def test_texture_field_unit_variance_and_gaussian_correlation():
     # 8 fields of 256^2 at s = 2 px hold ~8 * 256^2 / (4 pi s^2) ~ 10^4 independent values:
     # the variance is known to ~2 %; tolerance 5 %. Correlation at lag s: exp(-1/4) +- 0.05.
     s = 2.0
-    f = _unit_field(torch.arange(8), STREAM_TEXTURE_FINE, (256, 256), torch.tensor(s))
+    f = _unit_field(torch.arange(8), streams.TEXTURE_FINE, (256, 256), torch.tensor(s))
     assert f.shape == (8, 1, 256, 256)
     assert float(f.var()) == pytest.approx(1.0, rel=0.05)
     assert abs(float(f.mean())) < 0.05
@@ -101,7 +101,7 @@ def test_coarse_grid_fields_keep_unit_variance_and_correlation():
     # coarser) the variance and the correlation at lag sigma (exp(-1/4)) hold to 10 % / 0.06
     # over 16 fields (~16 * 256^2 / (4 pi 144) ~ 580 independent values: sd of var ~6 %).
     s = 12.0
-    f = _unit_field(torch.arange(16), STREAM_TEXTURE_FINE, (256, 256), torch.tensor(s))
+    f = _unit_field(torch.arange(16), streams.TEXTURE_FINE, (256, 256), torch.tensor(s))
     assert float(f.var()) == pytest.approx(1.0, rel=0.10)
     lag = int(s)
     corr = float((f[..., lag:] * f[..., :-lag]).mean() / f.var())

@@ -14,6 +14,7 @@ import torch
 from scipy import stats
 
 from synthesis import rng
+from synthesis.rng import counter
 
 STREAM = 7  # streams 0-99 are reserved for these tests
 
@@ -25,8 +26,8 @@ def test_hash_equals_pure_python_reference():
     x = rng.random_bits(torch.tensor([11]), (1,), stream=3)  # any int32 values
     vals = torch.cat([torch.arange(-2000, 2000, dtype=torch.int32), x.flatten()])
     vals = torch.cat([vals, torch.tensor([2**31 - 1, -(2**31)], dtype=torch.int32)])
-    got = rng._h32(vals).tolist()
-    want = [rng._as_i32(rng._h32_py(int(v))) for v in vals.tolist()]
+    got = counter._h32(vals).tolist()
+    want = [counter._as_i32(counter._h32_py(int(v))) for v in vals.tolist()]
     assert got == want
 
 
@@ -34,8 +35,10 @@ def test_random_bits_equal_two_rounds_of_reference_hash():
     seeds = torch.tensor([0, 5, 2**62 + 12345])
     bits = rng.random_bits(seeds, (50,), stream=STREAM, sub=2)
     for r, seed in enumerate(seeds.tolist()):
-        k1, k2 = (int(k[0]) & 0xFFFFFFFF for k in rng._row_keys(torch.tensor([seed]), STREAM, 2))
-        want = [rng._as_i32(rng._h32_py(rng._h32_py(i ^ k1) ^ k2)) for i in range(50)]
+        k1, k2 = (
+            int(k[0]) & 0xFFFFFFFF for k in counter._row_keys(torch.tensor([seed]), STREAM, 2)
+        )
+        want = [counter._as_i32(counter._h32_py(counter._h32_py(i ^ k1) ^ k2)) for i in range(50)]
         assert bits[r].tolist() == want
 
 
@@ -143,9 +146,9 @@ def test_poisson_small_rate_is_not_gaussian():
 
 
 def _reference_uniform(seed: int, sub: int, idx: int) -> float:
-    k1, k2 = (int(k[0]) & 0xFFFFFFFF for k in rng._row_keys(torch.tensor([seed]), STREAM, sub))
-    h = rng._h32_py(rng._h32_py(idx ^ k1) ^ k2)
-    return (rng._as_i32(h) + 2**31 + 0.5) * 2**-32
+    k1, k2 = (int(k[0]) & 0xFFFFFFFF for k in counter._row_keys(torch.tensor([seed]), STREAM, sub))
+    h = counter._h32_py(counter._h32_py(idx ^ k1) ^ k2)
+    return (counter._as_i32(h) + 2**31 + 0.5) * 2**-32
 
 
 def _reference_poisson(lam: float, seed: int, idx: int) -> int:
@@ -199,8 +202,8 @@ def test_poisson_equals_per_value_reference(monkeypatch, backend, block, gather_
     values, so the compiled kernel's on-the-fly keys of late rounds are used too).
     """
     if backend == "torch":
-        monkeypatch.setattr(rng, "_BLOCK", block)
-        monkeypatch.setattr(rng, "_PTRS_GATHER_MAX_FRACTION", gather_max)
+        monkeypatch.setattr(counter, "_BLOCK", block)
+        monkeypatch.setattr(counter, "_PTRS_GATHER_MAX_FRACTION", gather_max)
     g = torch.Generator().manual_seed(1)
     lam = (torch.rand(5, 700, generator=g) ** 3 * 40).float()
     lam[0] = 0.0
@@ -313,8 +316,8 @@ def test_compiled_uniform_equals_torch_hash_bit_for_bit():
     """CPU ``uniform`` (compiled) gives the bits of the torch hash path other devices run."""
     seeds = torch.tensor([0, 1, 2**62 + 7, 123456789, 2**63 - 1])
     for stream, sub in ((STREAM, 0), (101, 0), (300, 5)):
-        torch_path = rng._u24(rng.random_bits(seeds, (3, 70_001), stream, sub=sub))
+        torch_path = counter._u24(rng.random_bits(seeds, (3, 70_001), stream, sub=sub))
         assert torch.equal(rng.uniform(seeds, (3, 70_001), stream, sub=sub), torch_path)
-    # The largest 24-bit value maps below 1 (the clamp of rng._u24).
-    top = rng._u24(torch.tensor([-1], dtype=torch.int32))
+    # The largest 24-bit value maps below 1 (the clamp of counter._u24).
+    top = counter._u24(torch.tensor([-1], dtype=torch.int32))
     assert float(top) == 1.0 - 2.0**-24

@@ -11,7 +11,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from synthesis.sources import (
+from synthesis.groundtruth.sources import (
     MIN_FOREGROUND_FRACTION,
     SPLIT_FRACTIONS,
     SPLITS,

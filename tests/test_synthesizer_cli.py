@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from builder.cli import main
-from synthesis.pix2pix import file_sha256
+from synthesis.files import sha256_file
 
 TINY = ["--preset", "tiny", "--device", "cpu", "--seed", "3"]
 
@@ -70,8 +70,8 @@ def test_train_synthesizer_writes_everything(tiny_weights: Path):
     ):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["generator"]["sha256"] == file_sha256(out / "nucleus-pix2pix.safetensors")
-    assert metrics["denoiser"]["sha256"] == file_sha256(out / "nucleus-denoiser.safetensors")
+    assert metrics["generator"]["sha256"] == sha256_file(out / "nucleus-pix2pix.safetensors")
+    assert metrics["denoiser"]["sha256"] == sha256_file(out / "nucleus-denoiser.safetensors")
     assert metrics["generator"]["step"] == 8 and metrics["pairs"]["train"] > 0
     res = metrics["denoiser"]["residual_noise_median"]
     assert {"real", "generated", "generated_denoised"} <= set(res)
@@ -86,7 +86,7 @@ def test_train_synthesizer_writes_everything(tiny_weights: Path):
 
 def test_rerun_resumes_without_retraining(tiny_weights: Path, tmp_path: Path):
     """The same command again finds the final checkpoints: same weights, same log."""
-    before = file_sha256(tiny_weights / "nucleus-pix2pix.safetensors")
+    before = sha256_file(tiny_weights / "nucleus-pix2pix.safetensors")
     log_before = (tiny_weights / "nucleus-pix2pix-loss.jsonl").read_text()
     src = _fake_source(tmp_path / "src")
     args = [
@@ -99,16 +99,16 @@ def test_rerun_resumes_without_retraining(tiny_weights: Path, tmp_path: Path):
         str(tiny_weights),
     ]
     assert main([*args, *TINY]) == 0
-    assert file_sha256(tiny_weights / "nucleus-pix2pix.safetensors") == before
+    assert sha256_file(tiny_weights / "nucleus-pix2pix.safetensors") == before
     assert (tiny_weights / "nucleus-pix2pix-loss.jsonl").read_text() == log_before
 
 
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--config", "golgi"], "--config must be er, mito or nucleus"),
+        (["--config", "golgi"], "--config: invalid choice: 'golgi'"),
         (["--crop", "512"], "crop must be <= the smallest image side"),
-        (["--steps", "0"], "steps must be an int >= 1"),
+        (["--steps", "0"], "--steps: expected a number >= 1. Got 0"),
     ],
 )
 def test_bad_arguments_exit_2(tmp_path: Path, capsys, extra, message):
@@ -134,7 +134,7 @@ def test_missing_source_exits_2(tmp_path: Path, capsys):
 
 def test_real_bbbc038_pairs_train(bbbc038_dir: Path, tmp_path: Path):
     """A few steps on real BBBC038 tiles (the shared data; skipped when absent)."""
-    from synthesis.gan_renderer import GanRenderer
+    from synthesis.render.gan import GanRenderer
 
     out = tmp_path / "w"
     args = ["train-synthesizer", "--config", "nucleus", "--source", str(bbbc038_dir)]
@@ -157,13 +157,13 @@ def _decode(cell) -> np.ndarray:
 def test_build_with_gan_renderer(tiny_weights: Path, tmp_path: Path):
     """build --renderer gan with tiny weights: a loadable package whose rows name the weights."""
     datasets = pytest.importorskip("datasets")
-    pytest.importorskip("synthesis.noise")
+    pytest.importorskip("synthesis.corruptions.noise")
     out = tmp_path / "pkg"
     args = ["build", str(out), "--config", "nucleus", "--splits", "reference", "snr"]
     args += ["--train", "2", "--validation", "1", "--test", "2", "--device", "cpu"]
     assert main([*args, "--renderer", "gan", "--weights", str(tiny_weights)]) == 0
-    gen_sha = file_sha256(tiny_weights / "nucleus-pix2pix.safetensors")
-    den_sha = file_sha256(tiny_weights / "nucleus-denoiser.safetensors")
+    gen_sha = sha256_file(tiny_weights / "nucleus-pix2pix.safetensors")
+    den_sha = sha256_file(tiny_weights / "nucleus-denoiser.safetensors")
     rows = list(datasets.load_dataset(str(out), "nucleus", split="snr_2", streaming=True))
     assert len(rows) == 2
     for r in rows:
@@ -178,7 +178,7 @@ def test_build_with_gan_renderer(tiny_weights: Path, tmp_path: Path):
 
 
 def test_build_gan_without_weights_is_refused(tmp_path: Path, capsys):
-    pytest.importorskip("synthesis.noise")
+    pytest.importorskip("synthesis.corruptions.noise")
     args = ["build", str(tmp_path / "pkg"), "--config", "nucleus", "--splits", "reference"]
     args += ["--train", "1", "--validation", "1", "--test", "1", "--device", "cpu"]
     assert main([*args, "--renderer", "gan", "--weights", str(tmp_path / "none")]) == 2

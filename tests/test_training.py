@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from synthesis.metrics import iou, logits_to_mask
-from synthesis.training import _augment, normalize, segmentation_loss, train_segmenter
-from synthesis.unet import UNet
+from synthesis.models.training import _augment, segmentation_loss, train_segmenter
+from synthesis.models.unet import UNet
+from synthesis.normalize import zscore
 from tests.toy import toy_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -17,29 +18,29 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def data():
     a, m = toy_data(48, seed=0)
     va, vm = toy_data(16, seed=1)
-    return normalize(a), m, normalize(va), vm
+    return zscore(a), m, zscore(va), vm
 
 
 def test_normalize_zero_mean_unit_std_and_affine_invariance():
     x = toy_data(4)[0]
-    z = normalize(x)
+    z = zscore(x)
     assert z.shape == x.shape
     torch.testing.assert_close(z.mean((1, 2, 3)), torch.zeros(4), rtol=0, atol=1e-5)
     torch.testing.assert_close(z.std((1, 2, 3), correction=0), torch.ones(4), rtol=0, atol=1e-5)
     # ADU and min-max scaled images give the model the same input (the attacks rely on it).
     lo = x.amin((1, 2, 3), keepdim=True)
     hi = x.amax((1, 2, 3), keepdim=True)
-    torch.testing.assert_close(normalize((x - lo) / (hi - lo)), z, rtol=0, atol=1e-4)
+    torch.testing.assert_close(zscore((x - lo) / (hi - lo)), z, rtol=0, atol=1e-4)
     # Per image: one image's values do not change another's normalisation.
-    torch.testing.assert_close(normalize(x[1:2]), z[1:2], rtol=0, atol=1e-6)
+    torch.testing.assert_close(zscore(x[1:2]), z[1:2], rtol=0, atol=1e-6)
 
 
 def test_normalize_constant_image_and_errors():
-    assert torch.equal(normalize(torch.full((1, 1, 4, 4), 7.0)), torch.zeros(1, 1, 4, 4))
+    assert torch.equal(zscore(torch.full((1, 1, 4, 4), 7.0)), torch.zeros(1, 1, 4, 4))
     with pytest.raises(TypeError, match="floating-point.*Got torch.int64"):
-        normalize(torch.zeros(1, 1, 4, 4, dtype=torch.int64))
+        zscore(torch.zeros(1, 1, 4, 4, dtype=torch.int64))
     with pytest.raises(ValueError, match=r"Got \(4, 4\)"):
-        normalize(torch.zeros(4, 4))
+        zscore(torch.zeros(4, 4))
 
 
 @pytest.mark.parametrize("channels", [1, 2])

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from synthesis.unet import UNet, init_weights, load_model, save_model
+from synthesis.models.unet import UNet, init_weights, load_model, save_model
 
 
 @pytest.mark.parametrize("out_channels", [1, 2])
@@ -102,7 +102,7 @@ def test_load_errors(tmp_path):
 
 
 def test_save_errors(tmp_path):
-    with pytest.raises(TypeError, match="must be a synthesis.unet.UNet. Got Conv2d"):
+    with pytest.raises(TypeError, match="must be a synthesis.models.unet.UNet. Got Conv2d"):
         save_model(nn.Conv2d(1, 1, 1), tmp_path / "x.safetensors", metadata={})
     with pytest.raises(TypeError, match="JSON-serialisable"):
         save_model(

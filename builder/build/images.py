@@ -1,0 +1,236 @@
+"""The images and rows of one config: masks from the source, the renderer, the camera, blur
+and attacks, assembled into rows as :mod:`builder.package.features` declares them.
+
+Reproducibility: every random draw of a row is seeded from ``(seed, config, id, purpose)``
+(:func:`synthesis.rng.derive_seed`) and uses counter-based random numbers, so a row's bytes
+depend neither on the batch size nor on which other rows are built. The noise seed of an id
+is the same in every split (common random numbers): two splits of one id differ only by the
+factor the split varies. Definitions: ``docs/definitions.md``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from builder import __version__
+from builder.build.options import BuildOptions
+from builder.package.features import (
+    ATTACK_FEATURES,
+    CAMERA_FIELDS,
+    PSF_FEATURES,
+    empty_params,
+    record,
+    row_features,
+)
+from builder.package.plan import CORRUPTIONS, SplitSpec, resolve_splits
+from builder.package.shards import encode_mask, encode_tiff, image_cell
+from synthesis.errors import InputError
+from synthesis.levels import REFERENCE_SNR, Camera
+from synthesis.rng import derive_seed
+
+#: Clean test images are kept in memory across splits below this many bytes.
+_CACHE_BYTES = 1 << 30
+
+
+def batched(seq: list[str], n: int) -> Iterator[list[str]]:
+    """``seq`` in consecutive chunks of at most ``n``."""
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+class ConfigImages:
+    """The images and rows of one config: source, renderer, camera, blur and attacks.
+
+    Makes rows; never writes a file. ``reference_model`` gives the model the attack splits
+    are made against (the pipeline trains or loads it).
+    """
+
+    def __init__(
+        self,
+        opts: BuildOptions,
+        config: str,
+        device: torch.device,
+        reference_model: Callable[[], tuple[torch.nn.Module, str]] | None = None,
+    ) -> None:
+        from synthesis.groundtruth.sources import open_source
+
+        self.opts = opts
+        self.config = config
+        self.device = device
+        self.camera = Camera()
+        self.features = row_features(config)
+        self.source = open_source(opts.source, config, seed=opts.seed, counts=opts.counts)
+        self.specs = resolve_splits(opts.splits, with_real=self.source.has_real_images)
+        self._clean_cache: dict[str, Any] = {}
+        self.reference_model = reference_model
+        self.renderer = self._make_renderer()
+
+    # ----------------------------------------------------------------- images
+    def _make_renderer(self) -> Callable[..., Any]:
+        if self.opts.renderer == "physics":
+            from synthesis.render.physics import render
+
+            return render
+        from synthesis.render.gan import GanRenderer
+
+        # --weights DIR (from train-synthesizer), or the generator shipped in the package.
+        try:
+            return GanRenderer.from_weights(self.opts.weights, self.config, self.device)
+        except (FileNotFoundError, ValueError) as exc:
+            raise InputError(f"--renderer gan: {exc}") from None
+
+    def _seeds(self, ids: list[str], purpose: str) -> torch.Tensor:
+        vals = [derive_seed(self.opts.seed, self.config, i, purpose) for i in ids]
+        return torch.tensor(vals, dtype=torch.int64, device=self.device)
+
+    def _clean(
+        self, spec: SplitSpec, ids: list[str]
+    ) -> tuple[list[Any], list[dict[str, Any]], torch.Tensor, torch.Tensor]:
+        """(items, renderer params, mask (B,1,H,W) bool, clean (B,1,H,W) float32) of ``ids``.
+
+        Test images are cached: most splits are made from them.
+        """
+        key = "\n".join(ids)
+        if key in self._clean_cache:
+            return self._clean_cache[key]
+        items = self.source.load(ids)
+        mask = torch.from_numpy(np.stack([it.mask for it in items]))[:, None].to(self.device) != 0
+        instances = None
+        if all(it.instances is not None for it in items):
+            inst = np.stack([it.instances.astype(np.int32) for it in items])
+            instances = torch.from_numpy(inst)[:, None].to(self.device)
+        result = self.renderer(mask, self._seeds(ids, "render"), self.config, instances=instances)
+        value = (items, result.params, mask, result.image)
+        if spec.base == "test" and mask.numel() * 4 * len(self._clean_cache) < _CACHE_BYTES:
+            self._clean_cache[key] = value
+        return value
+
+    def _camera(
+        self,
+        clean: torch.Tensor,
+        mask: torch.Tensor,
+        seeds: torch.Tensor,
+        snr: float,
+        optics: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Noisy ADU images of ``optics`` (default: ``clean``) with the exposure that gives
+        ``clean`` the target ``snr``: blur changes the optics, not the exposure (k). The
+        measured SNR is the camera equation on the stored image and the mask, so for blurred
+        splits it is below the target (blur lowers the foreground contrast)."""
+        from synthesis.corruptions.noise import apply_noise, noise_parameters
+
+        model = self.opts.noise_model
+        noise = noise_parameters(clean, mask, snr, camera=self.camera, model=model)
+        target = clean if optics is None else optics
+        adu, measured = apply_noise(target, noise, seeds, mask=mask, model=model)
+        return adu, {**noise, "snr_measured": measured}
+
+    def reference_images(self, base: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ADU int32, mask bool), both (N, 1, H, W), of a base split at the reference SNR:
+        the same images as that split's shards."""
+        spec = SplitSpec(base, "reference", "snr", REFERENCE_SNR, base)
+        adus, masks = [], []
+        for batch in batched(self.source.ids(base), self.opts.batch_size):
+            _, _, mask, clean = self._clean(spec, batch)
+            adu, _ = self._camera(clean, mask, self._seeds(batch, "noise"), REFERENCE_SNR)
+            adus.append(adu)
+            masks.append(mask)
+        return torch.cat(adus), torch.cat(masks)
+
+    def rows(self, spec: SplitSpec, ids: list[str]) -> list[dict[str, Any]]:
+        """The rows of ``ids`` in split ``spec``, every field as the features declare it."""
+        items, render_params, mask, clean = self._clean(spec, ids)
+        noise_seeds = self._seeds(ids, "noise")
+        per_row: list[dict[str, Any]] = [empty_params() for _ in ids]
+        image_np: np.ndarray
+        if spec.family == "real":
+            image_np = np.stack([it.image for it in items]).astype(np.uint16)
+        elif spec.family == "clean":
+            image_np = clean[:, 0].float().cpu().numpy()
+        else:
+            psf: dict[str, Any] = {"kind": "none"}
+            optics = None
+            if spec.family in ("sib", "svb"):
+                from synthesis.corruptions import psf as psf_mod
+
+                blur = psf_mod.sib if spec.family == "sib" else psf_mod.svb
+                optics = blur(clean, int(spec.level))
+                kind = "gaussian" if spec.family == "sib" else "space_variant_gaussian"
+                psf = psf_mod.psf_params(kind, int(spec.level))
+            snr = spec.level if spec.corruption == "snr" else REFERENCE_SNR
+            adu, noise = self._camera(clean, mask, noise_seeds, snr, optics)
+            if spec.family == "attacks":
+                adu, attack_rows = self._attack(spec, ids, adu, mask)
+                for p, a in zip(per_row, attack_rows, strict=True):
+                    p["attack"] = a
+            for i, p in enumerate(per_row):
+                for key in CAMERA_FIELDS:
+                    p[key] = float(noise[key][i])
+                p["noise_model"] = self.opts.noise_model
+                p["noise_seed"] = int(noise_seeds[i])
+                p["psf"] = record(psf, PSF_FEATURES)
+            image_np = adu[:, 0].cpu().numpy().astype(np.uint16)
+        mask_np = mask[:, 0].cpu().numpy().astype(np.uint8)
+        rows = []
+        label = CORRUPTIONS.index(spec.corruption)
+        for i, (item, rid) in enumerate(zip(items, ids, strict=True)):
+            p = per_row[i]
+            p["build_seed"] = self.opts.seed
+            p["mask_seed"] = item.meta.get("mask_seed")
+            p["render_seed"] = derive_seed(self.opts.seed, self.config, rid, "render")
+            p["renderer"] = self.opts.renderer if spec.family != "real" else None
+            p["renderer_params"] = json.dumps(render_params[i], sort_keys=True)
+            p["mask_params"] = json.dumps(item.meta, sort_keys=True, default=str)
+            p["package_version"] = __version__
+            row = {
+                "image": image_cell(encode_tiff(image_np[i])),
+                "mask": image_cell(encode_mask(mask_np[i])),
+                "id": rid,
+                "corruption": label,
+                "level": spec.level,
+                "params": p,
+                "source": item.source,
+            }
+            if "instances" in self.features:
+                inst = item.instances
+                row["instances"] = (
+                    image_cell(encode_tiff(inst.astype(np.uint16))) if inst is not None else None
+                )
+            rows.append(row)
+        return rows
+
+    # ----------------------------------------------------------------- attacks
+    def _attack(
+        self, spec: SplitSpec, ids: list[str], adu: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        from synthesis.corruptions.attacks import attack
+
+        if self.reference_model is None:
+            raise RuntimeError("attack splits need a reference_model provider")
+        model, sha = self.reference_model()
+        result = attack(
+            model,
+            adu,
+            mask,
+            method=spec.corruption,
+            eps_grey=spec.level,
+            seeds=self._seeds(ids, f"attack/{spec.name}"),
+        )
+        rows = [
+            record(
+                {
+                    **result.params,
+                    "linf_grey": float(result.linf_grey[i]),
+                    "model_sha256": sha,
+                    "seed": derive_seed(self.opts.seed, self.config, rid, f"attack/{spec.name}"),
+                },
+                ATTACK_FEATURES,
+            )
+            for i, rid in enumerate(ids)
+        ]
+        return result.adu, rows

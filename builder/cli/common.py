@@ -1,0 +1,105 @@
+"""What every sub-command shares: the parser class, argument types, shared options and the
+one progress-bar factory. Only the command line prints or draws bars."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, NoReturn
+
+from synthesis.device import DEVICE_PATTERN
+from synthesis.levels import CONFIGS
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default; keeps the description's line breaks."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n".join(indent + line for line in text.splitlines())
+
+
+class Parser(argparse.ArgumentParser):
+    """One-line errors, exit code 2, defaults shown in ``--help``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def counts(value: str) -> int:
+    """A whole number >= 1."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number. Got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1. Got {n}")
+    return n
+
+
+def device(value: str) -> str:
+    """``cpu``, ``cuda`` or ``cuda:N`` (availability is checked when the job starts)."""
+    if not DEVICE_PATTERN.match(value):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N. Got {value!r}")
+    return value
+
+
+class ListAction(argparse.Action):
+    """A list option that takes ``a b``, ``a,b`` or both (``a,b c``)."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        kw.setdefault("nargs", "+")
+        super().__init__(*args, **kw)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        items = [part for value in values for part in value.split(",") if part]
+        if not items:
+            parser.error(f"{option_string}: expected one or more names. Got none")
+        setattr(namespace, self.dest, items)
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        type=device,
+        default=None,
+        help="cpu, cuda or cuda:N (None: cuda when available, else cpu)",
+    )
+
+
+def add_config(p: argparse.ArgumentParser, *, many: bool = False) -> None:
+    if many:  # names are checked by the library (one message for CLI and API callers)
+        p.add_argument(
+            "--config",
+            action=ListAction,
+            default=list(CONFIGS),
+            metavar="NAME",
+            help=f"configs ({', '.join(CONFIGS)}), e.g. 'mito nucleus' or 'mito,nucleus'",
+        )
+    else:
+        p.add_argument("--config", required=True, choices=list(CONFIGS), help="the config")
+
+
+def add_splits(p: argparse.ArgumentParser, what: str) -> None:
+    """``--splits``: names as ``a b`` or ``a,b`` (checked by the library, which knows them)."""
+    p.add_argument("--splits", action=ListAction, default=None, metavar="NAME", help=what)
+
+
+def add_seed(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+
+
+def progress(total: int | None, desc: str, unit: str = "img") -> Any:
+    """The command line's progress bar (tqdm on stderr): the one factory every command
+    passes to library code (:class:`synthesis.progress.ProgressFactory`)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)

@@ -1,0 +1,125 @@
+"""The model side of ``evaluate``: what ``--model`` names, how it is loaded, and its input.
+
+``--model`` is None (the package's reference U-Net), a ``.safetensors`` U-Net saved by
+:func:`synthesis.models.unet.save_model`, a TorchScript file, or ``path/module.py:factory``.
+The input normalisation is the one of training (:mod:`synthesis.normalize`).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from synthesis.errors import InputError
+from synthesis.files import sha256_file
+from synthesis.normalize import NORMALIZATIONS, normalize
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+class ModelSpecError(InputError):
+    """A ``--model`` that cannot be loaded or does not fit the data."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    model: nn.Module
+    description: str
+    sha256: str | None
+
+
+def load_model_spec(spec: str | None, data: str, config: str, device: torch.device) -> ModelInfo:
+    """Load ``--model``: None (the package's reference U-Net), a ``.safetensors`` file saved by
+    :func:`synthesis.models.unet.save_model`, a TorchScript file, or ``path/module.py:factory``.
+
+    Raises:
+        ModelSpecError: a missing file, a bad ``module.py:factory`` or a factory that does not
+            return an ``nn.Module``.
+    """
+    import torch
+    from torch import nn
+
+    from synthesis.models.unet import load_model
+
+    if spec is None or spec == "reference":
+        rel = f"models/{config}-unet.safetensors"
+        if Path(data).is_dir():
+            path = Path(data) / rel
+            if not path.exists():
+                raise ModelSpecError(
+                    f"{path}: the package has no reference model (build it with attack splits)"
+                )
+        else:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(data, rel, repo_type="dataset"))
+        model, _ = load_model(path, device=device)
+        return ModelInfo(model, f"reference U-Net ({rel})", sha256_file(path))
+    if ":" in spec and spec.split(":", 1)[0].endswith(".py"):
+        file, factory_name = spec.split(":", 1)
+        path = Path(file)
+        if not path.is_file():
+            raise ModelSpecError(f"--model {spec}: {path} does not exist")
+        mod_spec = importlib.util.spec_from_file_location(f"_fluorobench_user_{path.stem}", path)
+        if mod_spec is None or mod_spec.loader is None:
+            raise ModelSpecError(f"--model {spec}: {path} is not an importable Python file")
+        module = importlib.util.module_from_spec(mod_spec)
+        try:
+            mod_spec.loader.exec_module(module)
+        except Exception as exc:  # the user's code: report whatever it raised
+            raise ModelSpecError(f"--model {spec}: importing {path} failed: {exc!r}") from exc
+        factory = getattr(module, factory_name, None)
+        if not callable(factory):
+            raise ModelSpecError(f"--model {spec}: {path} has no callable {factory_name!r}")
+        model = factory()
+        if not isinstance(model, nn.Module):
+            raise ModelSpecError(
+                f"--model {spec}: {factory_name}() must return a torch.nn.Module. Got {type(model).__name__}"
+            )
+        return ModelInfo(model.to(device).eval(), spec, sha256_file(path))
+    path = Path(spec)
+    if not path.is_file():
+        raise ModelSpecError(
+            f"--model {spec}: no such file (expected a .safetensors or TorchScript file, or module.py:factory)"
+        )
+    if path.suffix == ".safetensors":
+        model, _ = load_model(path, device=device)
+        return ModelInfo(model, path.name, sha256_file(path))
+    try:
+        model = torch.jit.load(str(path), map_location=device)
+    except Exception as exc:  # torch raises RuntimeError or ValueError for non-TorchScript files
+        raise ModelSpecError(f"--model {spec}: not a TorchScript file ({exc})") from exc
+    return ModelInfo(model.eval(), path.name, sha256_file(path))
+
+
+def make_preprocess(how: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model input of ``--normalize`` (:mod:`synthesis.normalize`, as in training)."""
+    if how not in NORMALIZATIONS:
+        raise InputError(f"--normalize must be one of {', '.join(NORMALIZATIONS)}. Got {how!r}")
+    return functools.partial(normalize, how=how)
+
+
+def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    from synthesis.metrics import check_logits, logits_to_mask
+
+    with torch.no_grad():
+        logits = model(x)
+    try:
+        check_logits(logits, x)
+    except (TypeError, ValueError) as exc:
+        raise ModelSpecError(
+            f"the model's output does not fit: expected (B, 1 or 2, H, W) logits for input "
+            f"{tuple(x.shape)}. Got {exc}"
+        ) from exc
+    return logits_to_mask(logits)

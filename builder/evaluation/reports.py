@@ -1,0 +1,87 @@
+"""Reports of an evaluation: ``results.json``, ``results.md`` and ``robustness.png``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    pass
+
+
+def write_reports(out: Path, results: dict[str, Any], *, stem: str | None = None) -> None:
+    """``results.json``, ``results.md`` and ``robustness.png`` in ``out`` (with ``stem``:
+    ``<stem>.json``, ``<stem>.md`` and ``<stem>-robustness.png``)."""
+    from synthesis.files import atomic_write_bytes
+
+    out.mkdir(parents=True, exist_ok=True)
+    base = stem or "results"
+    data = (json.dumps(results, indent=2, sort_keys=True) + "\n").encode()
+    atomic_write_bytes(out / f"{base}.json", data)
+    atomic_write_bytes(out / f"{base}.md", results_markdown(results).encode())
+    plot_robustness(results, out / (f"{stem}-robustness.png" if stem else "robustness.png"))
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    lines = [
+        f"# {results['config']}: {results['model']['description']}",
+        "",
+        "| split | family | level | images | IoU | Dice | IoU (mean/img) | robustness |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for split, r in results["splits"].items():
+        rob = "—" if r.get("robustness") is None else f"{r['robustness']:.1f}"
+        level = "" if r["level"] is None or math.isnan(r["level"]) else f"{r['level']:g}"
+        lines.append(
+            f"| `{split}` | {r['family']} | {level} | {r['images']} | {r['iou']:.3f} | {r['dice']:.3f} "
+            f"| {r['iou_mean']:.3f} | {rob} |"
+        )
+    if results["families"]:
+        lines += ["", "| family | mean robustness |", "|---|---:|"]
+        lines += [f"| {f} | {v['mean_robustness']:.1f} |" for f, v in results["families"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot_robustness(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = {
+        "noise (SNR)": ["snr"],
+        "blur (level)": ["sib", "svb"],
+        "attacks (ε, grey levels)": [],
+    }
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for r in results["splits"].values():
+        if r["family"] in ("reference", "clean", "real", "other"):
+            continue
+        curves.setdefault(r["family"], []).append((r["level"], r["iou"]))
+    panels["attacks (ε, grey levels)"] = [f for f in curves if f not in ("snr", "sib", "svb")]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
+    ref = results["splits"].get("test", {}).get("iou")
+    for ax, (title, fams) in zip(axes, panels.items(), strict=True):
+        for f in fams:
+            pts = sorted(curves.get(f, []))
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f)
+        if ref is not None:
+            ax.axhline(ref, color="grey", ls="--", lw=1, label="test (SNR 8)")
+        if title.startswith("attacks"):
+            ax.set_xscale("log", base=2)
+        if title.startswith("noise"):
+            ax.invert_xaxis()  # severity grows to the right
+        ax.set_title(title)
+        ax.set_xlabel("severity")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("IoU")
+    fig.suptitle(f"{results['config']}: {results['model']['description']}", fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)

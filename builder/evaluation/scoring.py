@@ -1,0 +1,205 @@
+"""Scoring: stream a benchmark into a model and report its robustness.
+
+Per split: IoU and Dice (aggregate over all pixels, and mean per image), and robustness =
+IoU / IoU on ``test`` x 100 (``test`` is the reference condition, SNR 8). Per family: the
+mean robustness of its splits. White-box attacks on the evaluated model itself run on the
+fly on the ``test`` images (``--attacks pgd:8 segpgd:8``). Splits are streamed: nothing is
+prepared that is not evaluated.
+
+Writes ``results.json``, ``results.md`` (a table) and ``robustness.png`` (IoU against
+severity, one curve per family) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from builder.package.plan import SPLITS
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+from builder.evaluation.models import load_model_spec, make_preprocess, predict
+from builder.package.manifest import read_manifest
+from synthesis.device import resolve_device
+from synthesis.errors import InputError
+from synthesis.progress import ProgressFactory, no_progress
+
+logger = logging.getLogger(__name__)
+
+WHITEBOX_METHODS = ("fgsm", "ifgsm", "pgd", "segpgd", "cospgd")
+
+
+def parse_attacks(items: list[str] | None) -> list[tuple[str, float]]:
+    """``["pgd:8", "segpgd:4"]`` -> ``[("pgd", 8.0), ("segpgd", 4.0)]``."""
+    out = []
+    for item in items or []:
+        method, _, eps = item.partition(":")
+        if method not in WHITEBOX_METHODS or not eps:
+            raise InputError(
+                f"--attacks takes METHOD:EPS with METHOD in {', '.join(WHITEBOX_METHODS)}. Got {item!r}"
+            )
+        try:
+            value = float(eps)
+        except ValueError:
+            raise InputError(
+                f"--attacks {item}: EPS must be a number of grey levels. Got {eps!r}"
+            ) from None
+        if not value > 0:
+            raise InputError(f"--attacks {item}: EPS must be > 0. Got {value}")
+        out.append((method, value))
+    return out
+
+
+def evaluate_split(
+    data: str,
+    config: str,
+    split: str,
+    model: nn.Module,
+    preprocess: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    device: torch.device,
+    batch_size: int = 16,
+    attack: tuple[str, float] | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> dict[str, float | int]:
+    """Scores of one split (streamed), optionally under a white-box attack on ``model``."""
+    import torch
+
+    import fluorobench_c
+    from synthesis.metrics import SegmentationScores
+    from synthesis.rng import derive_seed
+
+    ds = fluorobench_c.load(data, config, split)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, collate_fn=fluorobench_c.collate
+    )
+    scores = SegmentationScores()
+    for batch in loader:
+        image = batch["image"].to(device)
+        mask = batch["mask"].to(device) != 0
+        if attack is not None:
+            from synthesis.corruptions.attacks import attack as run_attack
+
+            method, eps = attack
+            seeds = torch.tensor(
+                [derive_seed("whitebox", config, i, method, eps) for i in batch["id"]],
+                dtype=torch.int64,
+            )
+            image = run_attack(
+                model,
+                image.round().to(torch.int32),
+                mask,
+                method=method,
+                eps_grey=eps,
+                seeds=seeds.to(device),
+                preprocess=preprocess,
+            ).adu.float()
+        scores.update(predict(model, preprocess(image)).cpu(), mask.cpu())
+        if progress:
+            progress(len(batch["id"]))
+    return scores.compute()
+
+
+def _family(split: str) -> tuple[str, float]:
+    if split.startswith("whitebox_"):
+        _, method, eps = split.split("_")
+        return f"whitebox_{method}", float(eps)
+    spec = SPLITS.get(split)
+    if spec is None:
+        return "other", math.nan
+    return ("reference" if spec.family == "reference" else spec.corruption, spec.level)
+
+
+def summarise(per_split: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Add robustness (vs ``test``) to every split and per-family means."""
+    from synthesis.metrics import robustness
+
+    ref = per_split.get("test", {}).get("iou")
+    families: dict[str, list[float]] = {}
+    for split, r in per_split.items():
+        family, level = _family(split)
+        r["family"], r["level"] = family, level
+        r["robustness"] = robustness(r["iou"], ref) if ref else None
+        if family not in ("reference", "clean", "real", "other") and r["robustness"] is not None:
+            families.setdefault(family, []).append(r["robustness"])
+    return {f: {"mean_robustness": sum(v) / len(v), "splits": len(v)} for f, v in families.items()}
+
+
+def available_splits(data: str, config: str) -> list[str]:
+    """Split names of a package (local folder or Hub repo), in the package's order."""
+    if Path(data).is_dir():
+        manifest = read_manifest(Path(data))
+        if manifest is None:
+            raise InputError(f"{data}: no manifest.json; not a fluorobench-c package")
+    else:
+        from huggingface_hub import hf_hub_download
+
+        manifest = json.loads(
+            Path(hf_hub_download(data, "manifest.json", repo_type="dataset")).read_text()
+        )
+    if config not in manifest["configs"]:
+        raise InputError(
+            f"{data} has no config {config!r}; it has {', '.join(manifest['configs'])}"
+        )
+    return list(manifest["configs"][config]["splits"])
+
+
+def evaluate(
+    data: str,
+    config: str,
+    *,
+    model: str | None = None,
+    splits: list[str] | None = None,
+    attacks: list[tuple[str, float]] | None = None,
+    normalize: str = "zscore",
+    device: str | None = None,
+    batch_size: int = 16,
+    progress: ProgressFactory | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``model`` on ``splits`` of a package; return the results dict."""
+
+    dev = resolve_device(device)
+    have = available_splits(data, config)
+    wanted = splits or [s for s in have if s not in ("train", "validation")]
+    unknown = [s for s in wanted if s not in have]
+    if unknown:
+        raise InputError(
+            f"{data} config {config} has no split(s) {', '.join(unknown)}; it has {', '.join(have)}"
+        )
+    if "test" not in wanted:
+        wanted = ["test", *wanted]  # robustness needs the reference IoU
+    info = load_model_spec(model, data, config, dev)
+    preprocess = make_preprocess(normalize)
+    per_split: dict[str, dict[str, Any]] = {}
+    jobs: list[tuple[str, str, tuple[str, float] | None]] = [(s, s, None) for s in wanted]
+    jobs += [(f"whitebox_{m}_{e:g}", "test", (m, e)) for m, e in attacks or []]
+    for name, split, attack in jobs:
+        bar = (progress or no_progress)(None, f"{config} {name}")
+        per_split[name] = evaluate_split(
+            data,
+            config,
+            split,
+            info.model,
+            preprocess,
+            device=dev,
+            batch_size=batch_size,
+            attack=attack,
+            progress=bar.update,
+        )
+        bar.close()
+        logger.info("%s %s: IoU %.4f", config, name, per_split[name]["iou"])
+    families = summarise(per_split)
+    return {
+        "config": config,
+        "data": str(data),
+        "model": {"description": info.description, "sha256": info.sha256, "normalize": normalize},
+        "splits": per_split,
+        "families": families,
+    }

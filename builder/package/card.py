@@ -1,0 +1,325 @@
+"""The package's README.md: the dataset card rendered from ``dataset_card.md`` plus YAML.
+
+The YAML front matter is what ``load_dataset`` reads: ``configs`` (each split's explicit
+file list; ``snr_8`` points at the files of ``test``) and ``dataset_info`` (features and
+``num_examples`` per split, checked by ``datasets`` on load). :func:`card_metadata` is the one
+place it is made (``verify`` compares the README with it).
+
+The text around it is filled from the same data the code uses: the level tables of
+:mod:`synthesis.levels`, the manifest (split counts, reference models), the sample grids of
+:mod:`builder.package.samples` and, when ``fluorobench-c evaluate`` has written them, the reference
+model's results in ``results/<config>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+from datasets import DatasetInfo, Features, SplitDict, SplitInfo
+from datasets.info import DatasetInfosDict
+from huggingface_hub import DatasetCardData
+
+from builder.package.manifest import split_files, split_num_bytes
+from builder.package.samples import grid_path, write_sample_grids
+from synthesis.files import atomic_write_bytes
+from synthesis.levels import (
+    ATTACK_EPSILONS_GREY,
+    ATTACKS,
+    BLUR_LEVELS,
+    CONFIG_TITLES,
+    CONFIGS,
+    REFERENCE_SNR,
+    SIB_SIGMA_PX,
+    SNR_LEVELS,
+    SVB,
+    Camera,
+)
+
+logger = logging.getLogger(__name__)
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "dataset_card.md"
+
+
+def card_metadata(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The YAML front matter as a dict."""
+    configs = [c for c in CONFIGS if c in manifest["configs"]]
+    infos = {}
+    yaml_configs = []
+    for config in configs:
+        entry = manifest["configs"][config]
+        splits = SplitDict()
+        data_files = []
+        for name, split in entry["splits"].items():
+            splits.add(
+                SplitInfo(
+                    name=name,
+                    num_bytes=split_num_bytes(manifest, config, name),
+                    num_examples=split["num_rows"],
+                )
+            )
+            data_files.append({"split": name, "path": split_files(manifest, config, name)})
+        infos[config] = DatasetInfo(
+            features=Features.from_dict(entry["features"]), splits=splits, config_name=config
+        )
+        yaml_configs.append(
+            {"config_name": config, "data_files": data_files, "default": config == configs[0]}
+        )
+    card = DatasetCardData()
+    DatasetInfosDict(infos).to_dataset_card_data(card)
+    meta = card.to_dict()
+    source = manifest["recipe"]["source"]
+    meta = {
+        "license": "cc-by-4.0" if source == "procedural" else "other",
+        "task_categories": ["image-segmentation"],
+        "tags": ["microscopy", "fluorescence", "robustness", "benchmark", "synthetic", "biology"],
+        "pretty_name": "FluoroBench-C",
+        "size_categories": [_size_category(manifest)],
+        "configs": yaml_configs,
+        **meta,
+    }
+    return meta
+
+
+def _size_category(manifest: dict[str, Any]) -> str:
+    n = sum(
+        s["num_rows"]
+        for c in manifest["configs"].values()
+        for s in c["splits"].values()
+        if not s.get("alias_of")
+    )
+    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K")):
+        if n < limit:
+            return label
+    return "100K<n<1M"
+
+
+def _splits_table(manifest: dict[str, Any]) -> str:
+    configs = [c for c in CONFIGS if c in manifest["configs"]]
+    names: list[str] = []
+    for c in configs:
+        names += [n for n in manifest["configs"][c]["splits"] if n not in names]
+    head = "| split | " + " | ".join(configs) + " |\n|---|" + "---:|" * len(configs)
+    lines = [head]
+    for n in names:
+        cells = [
+            str(manifest["configs"][c]["splits"].get(n, {}).get("num_rows", "—")) for c in configs
+        ]
+        lines.append(f"| `{n}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def levels_table() -> str:
+    """The severity tables, printed from :mod:`synthesis.levels` (the data the code uses)."""
+    snr = ", ".join(str(s) for s in SNR_LEVELS)
+    rows = [
+        "| family | level | parameter |",
+        "|---|---|---|",
+        f"| `snr` | {snr} | target SNR (reference = {REFERENCE_SNR:g}) |",
+    ]
+    for lv in BLUR_LEVELS:
+        rows.append(
+            f"| `sib` | {lv} | Gaussian PSF σ = {SIB_SIGMA_PX[lv]:g} px (reflect padding) |"
+        )
+    for lv in BLUR_LEVELS:
+        rows.append(
+            f"| `svb` | {lv} | σ(r) = {SVB.sigma_center_px:g} + ({SIB_SIGMA_PX[lv]:g} − "
+            f"{SVB.sigma_center_px:g})·(r/r_max)² px, {SVB.rings} rings |"
+        )
+    for name, proto in ATTACKS.items():
+        eps = ", ".join(str(e) for e in ATTACK_EPSILONS_GREY)
+        iters = ", ".join(str(proto.iterations(e)) for e in ATTACK_EPSILONS_GREY)
+        step = "ε" if proto.step_grey is None else f"{proto.step_grey:g}"
+        start = "uniform random start" if proto.random_start else "no random start"
+        rows.append(f"| `{name}` | ε = {eps} | step {step}, iterations {iters}, {start} |")
+    return "\n".join(rows)
+
+
+def _sources(manifest: dict[str, Any]) -> str:
+    source = manifest["recipe"]["source"]
+    if source == "procedural":
+        text = (
+            "This package was built from **procedural masks** generated by `fluorobench-c` "
+            "(no third-party images or annotations): it is released under **CC BY 4.0**."
+        )
+    else:
+        text = (
+            f"This package was built from masks of **`{Path(source).name}`**; the licence of "
+            "that source applies to the masks and the images derived from them (below)."
+        )
+    return (
+        text + "\n\n"
+        "| source | used for | licence |\n|---|---|---|\n"
+        "| procedural masks (`fluorobench-c`) | default build of all three configs | CC BY 4.0 |\n"
+        "| BBBC038 (2018 Data Science Bowl, Broad Bioimage Benchmark Collection) | `nucleus` "
+        "built from real masks | CC0 1.0 |\n"
+        "| Luo et al., IEEE DataPort, doi 10.21227/t2he-zn97 | `er` and `mito` built from "
+        "real masks | per the terms of that dataset (not redistributed here unless a user "
+        "builds from it) |\n"
+        "| Zhong, Li & Yang, IEEE DataPort, doi 10.21227/kxay-5y38 | the benchmark design "
+        "(splits, levels, attack protocol) | per the terms of that dataset; no image of it is "
+        "included |"
+    )
+
+
+def _models(manifest: dict[str, Any]) -> str:
+    lines = []
+    for config in CONFIGS:
+        model = manifest["configs"].get(config, {}).get("model")
+        if model:
+            lines.append(
+                f"| {config} | `{model['path']}` | `{model['sha256'][:16]}…` | "
+                f"{_fmt(model.get('val_iou'))} |"
+            )
+    if not lines:
+        return (
+            "No reference model in this package: it is trained and shipped (`models/`) when "
+            "attack splits are built."
+        )
+    head = (
+        "Attack splits are transfer attacks against the reference U-Net shipped in `models/` "
+        "(safetensors weights and a model card; their sha256 is in every attacked row's "
+        "`params.attack.model_sha256`). It was trained on `train` (reference condition) and "
+        "selected on `validation`.\n\n"
+        "| config | weights | sha256 | validation IoU |\n|---|---|---|---:|"
+    )
+    return head + "\n" + "\n".join(lines)
+
+
+def _samples(manifest: dict[str, Any], out: Path | None) -> str:
+    configs = [c for c in CONFIGS if c in manifest["configs"]]
+    if out is None:
+        return "No sample grid in this package."
+    blocks = []
+    for c in configs:
+        path = grid_path(out, c)
+        if path.exists():
+            rel = path.relative_to(out).as_posix()
+            blocks.append(f"**{CONFIG_TITLES[c]}**\n\n![{c} samples]({rel})")
+    if not blocks:
+        return "No sample grid in this package."
+    return (
+        "One test image id of each config across its splits: the mask, the noise-free image, "
+        "the SNR levels from the reference (SNR 8) to SNR 1, the SIB and SVB levels and the "
+        "attack budgets (rows FGSM, I-FGSM, PGD). Each tile is scaled to its own 0.5–99.5 "
+        "percentile range.\n\n" + "\n\n".join(blocks)
+    )
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return f"{value:.{digits}f}"
+    return "—"
+
+
+def results_path(out: Path, config: str) -> Path:
+    return out / "results" / f"{config}.json"
+
+
+def _results(manifest: dict[str, Any], out: Path | None) -> str:
+    """The reference model's scores per split, from ``results/<config>.json`` when present."""
+    configs = [c for c in CONFIGS if c in manifest["configs"]]
+    blocks = []
+    for c in configs:
+        path = results_path(out, c) if out is not None else None
+        if path is None or not path.exists():
+            continue
+        try:
+            res = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            logger.warning("not rendering %s: %s", path, exc)
+            continue
+        splits = res.get("splits") or {}
+        model = (res.get("model") or {}).get("description", "reference U-Net")
+        lines = [
+            f"**{CONFIG_TITLES[c]}** — {model} (`{path.relative_to(out).as_posix()}`)",
+            "",
+            "| split | images | IoU | Dice | robustness |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        order = list(manifest["configs"][c]["splits"])  # the package's order, then the rest
+        for name in sorted(splits, key=lambda n: (order.index(n) if n in order else len(order), n)):
+            r = splits[name]
+            lines.append(
+                f"| `{name}` | {r.get('images', '—')} | {_fmt(r.get('iou'))} | "
+                f"{_fmt(r.get('dice'))} | {_fmt(r.get('robustness'), 1)} |"
+            )
+        families = res.get("families") or {}
+        if families:
+            lines += ["", "| family | mean robustness |", "|---|---:|"]
+            lines += [f"| {f} | {_fmt(v.get('mean_robustness'), 1)} |" for f, v in families.items()]
+        plot = path.with_name(f"{c}-robustness.png")
+        if plot.exists():
+            lines += ["", f"![{c} robustness]({plot.relative_to(out).as_posix()})"]
+        blocks.append("\n".join(lines))
+    if not blocks:
+        return (
+            "No evaluation results are included in this package yet. They appear here once "
+            "`fluorobench-c evaluate` has written `results/<config>.json` and the card is "
+            "rendered again."
+        )
+    return (
+        "IoU and Dice on the foreground (threshold 0.5, aggregated over all pixels); "
+        "robustness = IoU / IoU on `test` × 100.\n\n" + "\n\n".join(blocks)
+    )
+
+
+def render_card(
+    manifest: dict[str, Any], repo: str = "fluorobench-c", out: Path | None = None
+) -> str:
+    """The full README.md text of a package.
+
+    Args:
+        manifest: the package's ``manifest.json``.
+        repo: what the load examples name (a Hub repo id, or the folder name).
+        out: the package folder, for the sample grids and results it holds (None: none).
+
+    Raises:
+        FileNotFoundError: the template ``dataset_card.md`` is missing.
+    """
+    if not TEMPLATE.exists():
+        raise FileNotFoundError(
+            f"{TEMPLATE}: dataset card template not found; install fluorobench-c from its "
+            "source tree (pip install -e .)"
+        )
+    recipe = manifest["recipe"]
+    configs = [c for c in CONFIGS if c in manifest["configs"]]
+    meta = yaml.safe_dump(card_metadata(manifest), sort_keys=False, allow_unicode=True).strip()
+    values = {
+        "yaml": meta,
+        "title": ", ".join(f"**{CONFIG_TITLES[c]}**" for c in configs),
+        "version": manifest["package_version"],
+        "source": recipe["source"]
+        if recipe["source"] == "procedural"
+        else Path(recipe["source"]).name,
+        "renderer": recipe["renderer"],
+        "noise_model": recipe["noise_model"],
+        "seed": str(recipe["seed"]),
+        "repo": repo,
+        "first_config": configs[0],
+        "reference_snr": f"{REFERENCE_SNR:g}",
+        "splits_table": _splits_table(manifest),
+        "levels_table": levels_table(),
+        "camera": ", ".join(f"{k} = {v:g}" for k, v in Camera().to_dict().items()),
+        "models": _models(manifest),
+        "results": _results(manifest, out),
+        "samples": _samples(manifest, out),
+        "sources": _sources(manifest),
+    }
+    text = TEMPLATE.read_text()
+    for key, value in values.items():
+        text = text.replace("{{" + key + "}}", value)
+    return text
+
+
+def write_card(out: Path, manifest: dict[str, Any], repo: str = "fluorobench-c") -> None:
+    """Write the sample grids (``images/``) and ``README.md`` of the package in ``out``."""
+    try:
+        write_sample_grids(out, manifest)
+    except (OSError, ValueError, KeyError) as exc:  # a card without pictures beats no card
+        logger.warning("no sample grid: %s", exc)
+    atomic_write_bytes(out / "README.md", render_card(manifest, repo, out).encode())

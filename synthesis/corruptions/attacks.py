@@ -1,0 +1,399 @@
+"""White-box L-inf attacks on segmentation models, with budgets exact in stored ADU.
+
+Methods: FGSM, I-FGSM and PGD as the authors ran them (``docs/definitions.md#attacks``,
+protocols in :data:`synthesis.levels.ATTACKS`), and the segmentation-specific SegPGD
+(Gu et al., ECCV 2022) and CosPGD (Agnihotri & Keuper, ICML 2024), which by default follow
+the PGD protocol (step 2 grey levels, 10 iterations, uniform random start).
+
+The pipeline of :func:`attack`, for every image of a batch:
+
+1. ``adu`` (integer camera values) -> ``x = (adu - lo) / (hi - lo)`` in [0, 1], with ``lo``
+   and ``hi`` the image's own minimum and maximum (:func:`minmax`), fixed from the unattacked
+   image for the whole attack. One grey level is ``1/255`` of that range, so a budget of
+   ``eps`` grey levels is ``eps / 255`` in this space and ``eps (hi - lo) / 255`` ADU.
+2. The attack perturbs ``x`` within ``[x - eps/255, x + eps/255]`` and ``[0, 1]``, taking
+   gradients through ``preprocess`` (the per-image z-score
+   :func:`synthesis.normalize.zscore` by default) and the model, which sees
+   ``model(preprocess(x))``. Since a z-score ignores affine maps, that is the input the model
+   gets from ``zscore(adu)`` at evaluation.
+3. The result is mapped back, ``lo + x (hi - lo)``, and rounded to integer ADU. The rounded
+   perturbation is then clipped to ``floor(eps (hi - lo) / 255)`` ADU, so the realised budget
+   holds exactly on the stored image (rounding alone could exceed it by half an ADU), and the
+   values to [0, 65535]. The realised L-inf, ``max |adu' - adu| * 255 / (hi - lo)`` grey levels,
+   is returned per image and is never above ``eps``.
+
+The model runs in eval mode (restored afterwards) and only input gradients are computed
+(``torch.autograd.grad``), so no parameter ``.grad`` is written. The loss is summed over
+pixels and images, never averaged over the batch: each image's gradient, hence its attack, does
+not depend on the other images of the batch.
+
+Randomness: the PGD/SegPGD/CosPGD random start is uniform in ``[-eps, eps]``, drawn with
+:func:`synthesis.rng.uniform` from the per-row seeds on stream :data:`streams.ATTACK_START`,
+so an attacked row can be replayed from its seed and stored settings.
+
+Streams: 300 (:data:`streams.ATTACK_START`, the random start).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from synthesis import rng
+from synthesis.checks import check_mask, check_seeds
+from synthesis.levels import ATTACKS, AttackProtocol, Camera
+from synthesis.metrics import check_logits
+from synthesis.normalize import zscore
+from synthesis.rng import streams
+
+__all__ = [
+    "GREY_LEVELS",
+    "METHODS",
+    "SEGMENTATION_ATTACKS",
+    "AttackResult",
+    "attack",
+    "minmax",
+    "pixel_loss",
+    "random_start",
+]
+
+logger = logging.getLogger(__name__)
+
+#: rng stream of the uniform random start of PGD, SegPGD and CosPGD.
+#: Grey levels of the 8-bit scale the budgets are expressed in (one level = range / 255).
+GREY_LEVELS: float = 255.0
+#: Protocols of the segmentation-specific attacks: PGD's step, iterations and random start.
+SEGMENTATION_ATTACKS: dict[str, AttackProtocol] = {
+    "segpgd": AttackProtocol("segpgd", step_grey=2.0, random_start=True),
+    "cospgd": AttackProtocol("cospgd", step_grey=2.0, random_start=True),
+}
+_PROTOCOLS: dict[str, AttackProtocol] = {**ATTACKS, **SEGMENTATION_ATTACKS}
+#: Attack methods :func:`attack` runs.
+METHODS: tuple[str, ...] = tuple(_PROTOCOLS)
+_ADU_MAX = float(Camera().adc_max_adu)
+
+#: A pluggable attack loss: ``loss(logits (B, C, H, W), mask (B, 1, H, W) bool)`` returning
+#: per-pixel losses ``(B, 1, H, W)`` (required by SegPGD and CosPGD) or per-image ``(B,)``.
+AttackLoss = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class AttackResult:
+    """What :func:`attack` returns (tensors on the device of the input ``adu``).
+
+    Attributes:
+        adu: ``(B, 1, H, W)`` int32, the attacked images in ADU (rounded, in [0, 65535]).
+        linf_grey: ``(B,)`` float32, realised ``max |adu' - adu|`` in grey levels (<= eps).
+        eps_adu: ``(B,)`` int32, the budget applied in ADU, ``floor(eps (hi - lo) / 255)``.
+        lo_adu: ``(B,)`` float32, minimum of each unattacked image (defines the grey scale).
+        hi_adu: ``(B,)`` float32, maximum of each unattacked image.
+        params: the settings shared by the batch: ``method``, ``eps_grey``, ``step_grey``,
+            ``iterations``, ``random_start``, ``loss``, ``norm`` ("linf"), ``space``,
+            ``seed_stream``.
+    """
+
+    adu: Tensor
+    linf_grey: Tensor
+    eps_adu: Tensor
+    lo_adu: Tensor
+    hi_adu: Tensor
+    params: dict[str, Any]
+
+
+def minmax(images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-image min-max scaling to [0, 1].
+
+    Args:
+        images: ``(B, 1, H, W)`` float tensor.
+
+    Returns:
+        ``(scaled, lo, hi)``: ``scaled = (images - lo) / (hi - lo)`` of the input's shape, and
+        the per-image minimum and maximum as ``(B,)`` tensors.
+
+    Raises:
+        ValueError: a constant image (no range to scale), or a wrong shape.
+
+    Example:
+        >>> s, lo, hi = minmax(torch.tensor([[[[100.0, 150.0, 300.0]]]]))
+        >>> s.tolist(), lo.tolist(), hi.tolist()
+        ([[[[0.0, 0.25, 1.0]]]], [100.0], [300.0])
+    """
+    if not isinstance(images, Tensor) or not images.is_floating_point() or images.dim() != 4:
+        raise ValueError(
+            f"images must be a float tensor of shape (B, 1, H, W). Got {getattr(images, 'shape', type(images).__name__)}"
+        )
+    flat = images.flatten(1)
+    lo, hi = flat.amin(1), flat.amax(1)
+    flat_rows = torch.nonzero(hi <= lo).flatten().tolist()
+    if flat_rows:
+        raise ValueError(
+            f"images must not be constant: a grey level is 1/255 of the image's range. "
+            f"Got constant image(s) {flat_rows}"
+        )
+    scaled = (images - lo.view(-1, 1, 1, 1)) / (hi - lo).view(-1, 1, 1, 1)
+    return scaled, lo, hi
+
+
+def random_start(seeds: Tensor | int, shape: tuple[int, int, int], eps: float) -> Tensor:
+    """The uniform random start in ``[-eps, eps]`` of PGD-type attacks (sample step).
+
+    Args:
+        seeds: per-row int64 seeds ``(B,)``.
+        shape: ``(1, H, W)``.
+        eps: half-width in the attack space ([0, 1] units, i.e. ``eps_grey / 255``).
+
+    Returns:
+        ``(B, *shape)`` float32, a pure function of each row's seed (stream
+        :data:`streams.ATTACK_START`).
+    """
+    u = rng.uniform(seeds, shape, streams.ATTACK_START)
+    return (u * 2 - 1) * eps
+
+
+def pixel_loss(logits: Tensor, mask: Tensor) -> Tensor:
+    """Default attack loss: per-pixel BCE with logits (one channel) or cross-entropy (two).
+
+    Args:
+        logits: ``(B, 1, H, W)`` or ``(B, 2, H, W)``.
+        mask: ``(B, 1, H, W)`` bool ground truth.
+
+    Returns:
+        ``(B, 1, H, W)`` per-pixel losses.
+
+    Raises:
+        TypeError, ValueError: see :func:`synthesis.metrics.check_logits`.
+    """
+    check_logits(logits, mask)
+    if logits.shape[1] == 1:
+        return F.binary_cross_entropy_with_logits(logits, mask.to(logits.dtype), reduction="none")
+    return F.cross_entropy(logits, mask[:, 0].long(), reduction="none").unsqueeze(1)
+
+
+def _class_probs(logits: Tensor) -> Tensor:
+    """``(B, 2, H, W)`` background/foreground probabilities of one- or two-channel logits."""
+    if logits.shape[1] == 1:
+        p = torch.sigmoid(logits)
+        return torch.cat([1 - p, p], dim=1)
+    return torch.softmax(logits, dim=1)
+
+
+def _objective(
+    method: str,
+    logits: Tensor,
+    mask: Tensor,
+    loss_fn: AttackLoss,
+    t: int,
+    iterations: int,
+) -> Tensor:
+    """The scalar the attack ascends at iteration ``t`` (0-based)."""
+    b, _, h, w = mask.shape
+    values = loss_fn(logits, mask)
+    if not isinstance(values, Tensor) or values.dim() == 0 or values.shape[0] != b:
+        raise ValueError(
+            f"the attack loss must return a tensor with a leading batch dimension {b} "
+            f"(per-pixel (B, 1, H, W) or per-image (B,)). Got {getattr(values, 'shape', type(values).__name__)}"
+        )
+    if method in ("fgsm", "ifgsm", "pgd"):
+        return values.sum()
+    if values.numel() != b * h * w:
+        raise ValueError(
+            f"{method} weights the loss per pixel: the attack loss must return (B, 1, H, W) = "
+            f"{(b, 1, h, w)} values. Got {tuple(values.shape)}"
+        )
+    values = values.reshape(b, 1, h, w)
+    probs = _class_probs(logits.detach())
+    target = mask.long()
+    if method == "segpgd":
+        # Gu et al. 2022, eq. 4: weight (1 - lambda) on correctly classified pixels and lambda
+        # on wrong ones, lambda = (t - 1) / (2T) for t = 1..T, per image over H x W pixels.
+        lam = t / (2 * iterations)
+        correct = probs.argmax(1, keepdim=True) == target
+        return torch.where(correct, (1 - lam) * values, lam * values).sum() / (h * w)
+    # CosPGD (Agnihotri & Keuper 2024): per-pixel loss scaled by the (detached) cosine
+    # similarity of the predicted class probabilities and the one-hot target.
+    p_target = probs.gather(1, target)
+    cos = p_target / probs.norm(dim=1, keepdim=True)
+    return (cos * values).sum()
+
+
+def _check_adu(adu: object) -> Tensor:
+    if not isinstance(adu, Tensor):
+        raise TypeError(
+            f"adu must be a torch.Tensor of shape (B, 1, H, W). Got {type(adu).__name__}"
+        )
+    if adu.dim() != 4 or adu.shape[1] != 1 or adu.numel() == 0:
+        raise ValueError(f"adu must have shape (B, 1, H, W). Got {tuple(adu.shape)}")
+    if adu.dtype == torch.bool or adu.is_complex():
+        raise TypeError(f"adu must hold integer ADU values. Got dtype {adu.dtype}")
+    x = adu.to(torch.float32)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("adu must be finite. Got NaN or inf values")
+    if adu.is_floating_point():
+        frac = x != torch.round(x)
+        if bool(frac.any()):
+            raise ValueError(
+                "adu must hold integer ADU values (a stored 16-bit image). "
+                f"Got fractional values such as {float(x[frac][0]):g}"
+            )
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > _ADU_MAX:
+        raise ValueError(f"adu must lie in [0, {_ADU_MAX:.0f}]. Got range [{lo:g}, {hi:g}]")
+    return x
+
+
+def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return fallback
+
+
+def attack(
+    model: nn.Module,
+    adu: Tensor,
+    mask: Tensor,
+    *,
+    method: str,
+    eps_grey: float,
+    seeds: Tensor | int | None = None,
+    loss: AttackLoss | None = None,
+    preprocess: Callable[[Tensor], Tensor] = zscore,
+    step_grey: float | None = None,
+    iterations: int | None = None,
+    random_init: bool | None = None,
+) -> AttackResult:
+    """Attack a batch of images against ``model`` within an L-inf budget of ``eps_grey``.
+
+    See the module docstring for the exact pipeline (min-max space, rounding, budget).
+
+    Args:
+        model: any ``nn.Module`` mapping ``(B, 1, H, W)`` to one- or two-channel logits
+            ``(B, 1|2, H, W)``; it is put in eval mode for the attack and restored after.
+        adu: ``(B, 1, H, W)`` integer ADU values (any integer dtype, or float holding integers).
+        mask: ``(B, 1, H, W)`` bool (or 0/1) ground truth the loss is computed against.
+        method: one of :data:`METHODS`.
+        eps_grey: the budget in grey levels (``1/255`` of each image's range), > 0; one value
+            for the batch (one split).
+        seeds: per-row int64 seeds ``(B,)``; required by methods with a random start.
+        loss: the per-pixel loss to ascend (see ``AttackLoss``); default :func:`pixel_loss`.
+        preprocess: maps the [0, 1] image to the model input; must be differentiable.
+        step_grey: step size in grey levels; default from the method's protocol (FGSM: eps).
+        iterations: number of steps; default from the method's protocol.
+        random_init: override the protocol's random start.
+
+    Returns:
+        An :class:`AttackResult`.
+
+    Raises:
+        TypeError: malformed ``adu``/``mask``/``seeds`` or a model output that is not a tensor.
+        ValueError: unknown method, invalid budget/step/iterations, missing seeds, fractional or
+            out-of-range ADU, constant images, model outputs that are not one- or two-channel
+            logits of the input's size, or a loss of the wrong shape.
+        RuntimeError: called in ``torch.inference_mode`` (attacks need autograd).
+    """
+    if method not in _PROTOCOLS:
+        raise ValueError(f"method must be one of {METHODS}. Got {method!r}")
+    protocol = _PROTOCOLS[method]
+    eps_grey = float(eps_grey)
+    if not math.isfinite(eps_grey) or eps_grey <= 0:
+        raise ValueError(f"eps_grey must be a finite number > 0. Got {eps_grey}")
+    step = protocol.step(eps_grey) if step_grey is None else float(step_grey)
+    if not math.isfinite(step) or step <= 0:
+        raise ValueError(f"step_grey must be a finite number > 0. Got {step_grey}")
+    n_iter = protocol.iterations(eps_grey) if iterations is None else iterations
+    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
+        raise ValueError(f"iterations must be an int >= 1. Got {iterations!r}")
+    start = protocol.random_start if random_init is None else bool(random_init)
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "attack needs autograd: call it outside torch.inference_mode(). Got inference mode on"
+        )
+
+    out_device = adu.device if isinstance(adu, Tensor) else torch.device("cpu")
+    device = _model_device(model, out_device)
+    x_adu = _check_adu(adu).to(device)
+    mask = check_mask(mask, x_adu, require_foreground=False)
+    b, _, h, w = x_adu.shape
+    if start:
+        if seeds is None:
+            raise ValueError(
+                f"{method} starts at a random point: pass seeds of shape ({b},). Got None"
+            )
+        seeds = check_seeds(seeds, b, device)
+    x0, lo, hi = minmax(x_adu)
+    eps = eps_grey / GREY_LEVELS
+    alpha = step / GREY_LEVELS
+    loss_fn = pixel_loss if loss is None else loss
+
+    # Each submodule's own mode is restored afterwards (a model may hold frozen eval-mode parts).
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    n_channels = 0
+    try:
+        with torch.enable_grad():
+            delta = random_start(seeds, (1, h, w), eps).to(device) if start else 0.0
+            x = (x0 + delta).clamp(0.0, 1.0)
+            for t in range(n_iter):
+                x = x.detach().requires_grad_(True)
+                logits = check_logits(model(preprocess(x)), x, "model output")
+                n_channels = logits.shape[1]
+                objective = _objective(method, logits, mask, loss_fn, t, n_iter)
+                (grad,) = torch.autograd.grad(objective, x)
+                x = x.detach() + alpha * grad.sign()
+                x = torch.minimum(torch.maximum(x, x0 - eps), x0 + eps).clamp(0.0, 1.0)
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+    # Back to ADU, rounded; the budget is enforced on the integer perturbation (float64 so the
+    # realised L-inf below is computed with the same monotone arithmetic as the bound).
+    lo64, hi64 = lo.double(), hi.double()
+    scale = hi64 - lo64
+    eps_adu = torch.floor(eps_grey * scale / GREY_LEVELS)
+    eps_adu = torch.where(eps_adu * GREY_LEVELS / scale > eps_grey, eps_adu - 1, eps_adu)
+    base = x_adu.double()
+    moved = torch.round(lo64.view(-1, 1, 1, 1) + x.detach().double() * scale.view(-1, 1, 1, 1))
+    bound = eps_adu.view(-1, 1, 1, 1)
+    d = torch.minimum(torch.maximum(moved - base, -bound), bound)
+    out = (base + d).clamp(0.0, _ADU_MAX)
+    linf = (out - base).abs().flatten(1).amax(1) * GREY_LEVELS / scale
+    small = int((eps_adu < 1).sum())
+    if small:
+        logger.warning(
+            "%d image(s) have a range under %.0f ADU: %g grey level(s) is below one ADU there, "
+            "so they are left unchanged",
+            small,
+            GREY_LEVELS / eps_grey,
+            eps_grey,
+        )
+    if loss is None:
+        loss_name = "bce_with_logits" if n_channels == 1 else "cross_entropy"
+    else:
+        loss_name = getattr(loss, "__name__", type(loss).__name__)
+    params = {
+        "method": method,
+        "norm": "linf",
+        "eps_grey": eps_grey,
+        "step_grey": step,
+        "iterations": n_iter,
+        "random_start": start,
+        "loss": loss_name,
+        "space": "per-image min-max [0, 1], 1 grey level = range / 255",
+        "seed_stream": streams.ATTACK_START,
+    }
+    return AttackResult(
+        adu=out.to(torch.int32).to(out_device),
+        linf_grey=linf.to(torch.float32).to(out_device),
+        eps_adu=eps_adu.to(torch.int32).to(out_device),
+        lo_adu=lo.to(out_device),
+        hi_adu=hi.to(out_device),
+        params=params,
+    )

@@ -1,0 +1,74 @@
+"""Opening a source: :func:`open_source` tells the kind of a path and returns its adapter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from synthesis.groundtruth.masks import STRUCTURES
+from synthesis.groundtruth.sources.base import SPLITS, Source, SourceError
+from synthesis.groundtruth.sources.bbbc038 import BBBC038Source, _is_bbbc038_entry
+from synthesis.groundtruth.sources.folder import FolderSource
+from synthesis.groundtruth.sources.luo import LuoSource
+from synthesis.groundtruth.sources.procedural import ProceduralSource
+from synthesis.groundtruth.sources.tiled import _TiledSource
+
+
+def open_source(
+    source: str | Path,
+    structure: str,
+    *,
+    seed: int,
+    counts: dict[str, int | None] | None = None,
+) -> Source:
+    """Open ``source`` for ``structure``: ``"procedural"`` or a path (kind auto-detected).
+
+    Args:
+        source: ``"procedural"``; a BBBC038 ``stage1_train`` folder (or its parent) or zip; a
+            Luo pair-list file or folder of lists; a folder with ``images/`` and ``masks/``.
+        structure: ``"er"``, ``"mito"`` or ``"nucleus"``.
+        seed: build seed (procedural masks; real sources do not depend on it).
+        counts: images per split (procedural: required; real: caps, 0/None = all).
+
+    Returns:
+        A :class:`Source`; real sources have read and checked every image already.
+
+    Raises:
+        SourceError: unknown kind, a path that does not exist, or any bad input.
+        ValueError: unknown structure.
+    """
+    if structure not in STRUCTURES:
+        raise ValueError(f"structure must be one of {STRUCTURES}. Got {structure!r}")
+    counts = dict(counts or {})
+    bad = [k for k in counts if k not in SPLITS]
+    if bad:
+        raise SourceError(f"counts must be keyed by {SPLITS}. Got {sorted(counts)}")
+    if str(source) == "procedural":
+        return ProceduralSource(structure, seed=seed, counts=counts)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise SourceError(f"source path does not exist: {path}")
+    if path.is_file() and path.suffix.lower() == ".zip":
+        src: _TiledSource = BBBC038Source(path, structure, counts=counts)
+    elif path.is_file():
+        src = LuoSource([path], path, structure, counts=counts)
+    elif (path / "images").is_dir() and (path / "masks").is_dir():
+        src = FolderSource(path, structure, counts=counts)
+    elif (path / "stage1_train").is_dir():
+        src = BBBC038Source(path / "stage1_train", structure, counts=counts)
+    elif any(_is_bbbc038_entry(d) for d in path.iterdir()):
+        src = BBBC038Source(path, structure, counts=counts)
+    elif sorted(path.glob("*.txt")):
+        src = LuoSource(sorted(path.glob("*.txt")), path, structure, counts=counts)
+    else:
+        raise SourceError(
+            f"cannot tell what {path} holds: expected images/ and masks/ folders, a BBBC038 "
+            f"stage1_train folder or zip, or Luo pair lists (*.txt). Got {_listing(path)}"
+        )
+    src.scan()
+    return src
+
+
+def _listing(path: Path, n: int = 8) -> str:
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+    more = f" ... ({len(names)} entries)" if len(names) > n else ""
+    return (", ".join(names[:n]) + more) if names else "an empty folder"
