@@ -13,6 +13,7 @@ from PIL import Image
 
 from builder.cli import main
 from synthesis.files import sha256_file
+from tests.toy import disc_source
 
 TINY = ["--preset", "tiny", "--device", "cpu", "--seed", "3"]
 
@@ -27,29 +28,10 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def _fake_source(root: Path, n: int = 12) -> Path:
-    """A folder source (images/ + masks/): n 8-bit 256x256 images of bright discs."""
-    rs = np.random.Generator(np.random.PCG64(0))
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    yy, xx = np.mgrid[:256, :256]
-    for i in range(n):
-        mask = np.zeros((256, 256), bool)
-        for _ in range(8):
-            cy, cx = rs.integers(20, 236, 2)
-            mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= rs.integers(8, 20) ** 2
-        img = np.where(mask, 60.0, 6.0) + rs.normal(0, 1.5, mask.shape)
-        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(
-            root / "images" / f"img{i:02d}.png"
-        )
-        Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / f"img{i:02d}.png")
-    return root
-
-
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("synth")
-    src = _fake_source(base / "src")
+    src = disc_source(base / "src")
     out = base / "weights"
     code = main(
         ["train-synthesizer", "--config", "nucleus", "--source", str(src), "--out", str(out), *TINY]
@@ -88,7 +70,7 @@ def test_rerun_resumes_without_retraining(tiny_weights: Path, tmp_path: Path):
     """The same command again finds the final checkpoints: same weights, same log."""
     before = sha256_file(tiny_weights / "nucleus-pix2pix.safetensors")
     log_before = (tiny_weights / "nucleus-pix2pix-loss.jsonl").read_text()
-    src = _fake_source(tmp_path / "src")
+    src = disc_source(tmp_path / "src")
     args = [
         "train-synthesizer",
         "--config",
@@ -112,7 +94,7 @@ def test_rerun_resumes_without_retraining(tiny_weights: Path, tmp_path: Path):
     ],
 )
 def test_bad_arguments_exit_2(tmp_path: Path, capsys, extra, message):
-    src = _fake_source(tmp_path / "src", n=4)
+    src = disc_source(tmp_path / "src", n=4)
     args = [
         "train-synthesizer",
         "--config",

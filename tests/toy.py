@@ -1,8 +1,12 @@
-"""Toy segmentation data shared by the model-side tests."""
+"""Toy data shared by the tests (and by ``benchmarks/same_bytes.py``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
+from PIL import Image
 
 from synthesis import rng
 
@@ -17,3 +21,23 @@ def toy_data(n: int, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch
     noise = rng.normal(torch.arange(n) + 1000 * seed, (1, size, size), stream=7)
     adu = torch.round(200 + 300 * mask.float() + 150 * noise).clamp(0, 65535)
     return adu, mask
+
+
+def disc_source(root: Path, n: int = 12) -> Path:
+    """A folder source (images/ + masks/): n 8-bit 256x256 images of bright discs, the
+    real pairs a tiny GAN learns (also used by ``benchmarks/same_bytes.py``)."""
+    rs = np.random.Generator(np.random.PCG64(0))
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    yy, xx = np.mgrid[:256, :256]
+    for i in range(n):
+        mask = np.zeros((256, 256), bool)
+        for _ in range(8):
+            cy, cx = rs.integers(20, 236, 2)
+            mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= rs.integers(8, 20) ** 2
+        img = np.where(mask, 60.0, 6.0) + rs.normal(0, 1.5, mask.shape)
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(
+            root / "images" / f"img{i:02d}.png"
+        )
+        Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / f"img{i:02d}.png")
+    return root
