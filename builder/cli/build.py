@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from builder.build.reference import REFERENCE
 from builder.cli import common
 from synthesis.levels import CONFIGS
 
@@ -24,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
     common.add_splits(
         p,
         f"split names or families ({' '.join(FAMILIES)}), e.g. 'snr sib_3' or 'snr,sib_3'; "
-        "None: all",
+        "default: all",
     )
     p.add_argument("--train", type=common.counts, default=160, help="train images (per config)")
     p.add_argument("--validation", type=common.counts, default=20, help="validation images")
@@ -47,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
         "--train-epochs",
         type=common.counts,
         default=None,
-        help="reference U-Net epochs (None: the reference settings' 30)",
+        help=f"reference U-Net epochs (default: the reference settings' {REFERENCE.epochs})",
     )
     p.add_argument("--overwrite", action="store_true", help="replace a different build in OUT")
     p.set_defaults(func=run)

@@ -11,7 +11,13 @@ from synthesis.levels import CONFIGS
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows every option's default; keeps the description's line breaks."""
+    """Shows every option's default (an option whose default is "not given" says in its
+    help what happens then); keeps the description's line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.required:
+            return action.help
+        return super()._get_help_string(action)
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         return "\n".join(indent + line for line in text.splitlines())
@@ -71,7 +77,7 @@ def add_device(p: argparse.ArgumentParser) -> None:
         "--device",
         type=device,
         default=None,
-        help="cpu, cuda or cuda:N (None: cuda when available, else cpu)",
+        help="cpu, cuda or cuda:N (default: cuda when available, else cpu)",
     )
 
 

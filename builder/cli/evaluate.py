@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from builder.cli import common
+from builder.evaluation.scoring import WHITEBOX_METHODS
 from synthesis.levels import CONFIGS
 from synthesis.normalize import NORMALIZATIONS
 
@@ -18,10 +19,10 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
         "--model",
         default=None,
         help="TorchScript file, .safetensors U-Net, or module.py:factory "
-        "(None: the package's reference U-Net)",
+        "(default: the package's reference U-Net)",
     )
     common.add_splits(
-        p, "splits, e.g. 'test snr_1' or 'test,snr_1' (None: every split but train/validation)"
+        p, "splits, e.g. 'test snr_1' or 'test,snr_1' (default: every split but train/validation)"
     )
     p.add_argument(
         "--attacks",
@@ -29,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
         default=None,
         metavar="METHOD:EPS",
         help="white-box attacks on the model, e.g. 'pgd:8 segpgd:8' "
-        "(fgsm, ifgsm, pgd, segpgd, cospgd)",
+        f"({', '.join(WHITEBOX_METHODS)})",
     )
     p.add_argument(
         "--normalize",

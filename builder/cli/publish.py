@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
     )
     p.add_argument("out", type=Path, help="the package folder (fluorobench-c build output)")
     p.add_argument("--repo-id", required=True, metavar="ORG/NAME", help="Hub dataset repo")
-    p.add_argument("--revision", default=None, help="branch to upload to (None: main)")
+    p.add_argument("--revision", default=None, help="branch to upload to (default: main)")
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.add_argument("--commit-message", default=None, help="summary of the commits")
     p.add_argument(

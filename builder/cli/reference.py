@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from builder.build.reference import REFERENCE
 from builder.cli import common
 from synthesis.errors import InputError, RefusedError
 
@@ -14,9 +15,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
     p.add_argument("data", help="package folder or Hub repo id")
     common.add_config(p)
     p.add_argument(
-        "--out", type=Path, default=None, help="folder for the weights (None: DATA/models)"
+        "--out", type=Path, default=None, help="folder for the weights (default: DATA/models)"
     )
-    p.add_argument("--epochs", type=common.counts, default=30, help="training epochs")
+    p.add_argument("--epochs", type=common.counts, default=REFERENCE.epochs, help="training epochs")
     common.add_seed(p)
     common.add_device(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing weights")

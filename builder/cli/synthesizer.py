@@ -43,9 +43,12 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
     )
     for dest, what in _OVERRIDES.items():
         flag = "--" + dest.replace("_", "-")
-        p.add_argument(flag, type=common.counts, default=None, help=f"{what} (None: preset's)")
+        p.add_argument(flag, type=common.counts, default=None, help=f"{what} (default: preset's)")
     p.add_argument(
-        "--denoiser-steps", type=common.counts, default=None, help="denoiser steps (None: preset's)"
+        "--denoiser-steps",
+        type=common.counts,
+        default=None,
+        help="denoiser steps (default: preset's)",
     )
     p.add_argument(
         "--max-tiles", type=common.counts, default=None, help="at most this many training tiles"

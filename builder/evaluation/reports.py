@@ -5,17 +5,14 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    pass
+from synthesis.files import atomic_write_bytes, temporary_name
 
 
 def write_reports(out: Path, results: dict[str, Any], *, stem: str | None = None) -> None:
     """``results.json``, ``results.md`` and ``robustness.png`` in ``out`` (with ``stem``:
     ``<stem>.json``, ``<stem>.md`` and ``<stem>-robustness.png``)."""
-    from synthesis.files import atomic_write_bytes
-
     out.mkdir(parents=True, exist_ok=True)
     base = stem or "results"
     data = (json.dumps(results, indent=2, sort_keys=True) + "\n").encode()
@@ -81,7 +78,7 @@ def plot_robustness(results: dict[str, Any], path: Path) -> None:
     axes[0].set_ylabel("IoU")
     fig.suptitle(f"{results['config']}: {results['model']['description']}", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
+    tmp = temporary_name(path)
+    fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
     tmp.replace(path)

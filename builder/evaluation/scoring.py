@@ -19,17 +19,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from builder.evaluation.models import load_model_spec, make_preprocess, predict
+from builder.package.manifest import read_manifest
 from builder.package.plan import SPLITS
+from synthesis.device import resolve_device
+from synthesis.errors import InputError
+from synthesis.progress import ProgressFactory, no_progress
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
-
-from builder.evaluation.models import load_model_spec, make_preprocess, predict
-from builder.package.manifest import read_manifest
-from synthesis.device import resolve_device
-from synthesis.errors import InputError
-from synthesis.progress import ProgressFactory, no_progress
 
 logger = logging.getLogger(__name__)
 

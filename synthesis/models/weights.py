@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
-from synthesis.files import sha256_file
+from synthesis.files import sha256_file, temporary_name
 
 
 def atomic_save(tensors: dict[str, Tensor], path: Path, header: dict[str, str]) -> str:
@@ -23,14 +22,13 @@ def atomic_save(tensors: dict[str, Tensor], path: Path, header: dict[str, str]) 
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temporary_name(path)  # a killed writer's leftover matches the build's clean-up
     try:
         save_file(tensors, tmp, metadata=header)
         digest = sha256_file(tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return digest
 
