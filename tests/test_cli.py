@@ -26,7 +26,6 @@ def test_every_flag_has_help_and_shows_its_default(command: str):
             continue
         assert action.help, f"{command} {action.option_strings or action.dest}: no help text"
     text = sub.format_help()
-    assert "(default:" in text, f"{command}: defaults are not shown"
     for action in sub._actions:
         if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
             assert f"(default: {action.default}" in " ".join(text.split()), (
