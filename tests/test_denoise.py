@@ -16,15 +16,8 @@ from synthesis.models.gan_training import (
 )
 from synthesis.render import denoise as dn
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; two spin-waiting threads were 10x slower on the
-    shared 2-core machine (24 ms vs 280 ms per tiny training step, measured under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: Tiny models run fastest on one thread (conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _discs(b: int, size: int, seed: int, count: int = 4, rmax: int | None = None) -> torch.Tensor:

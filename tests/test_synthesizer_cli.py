@@ -18,14 +18,8 @@ from tests.toy import disc_source
 TINY = ["--preset", "tiny", "--device", "cpu", "--seed", "3"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; two spin-waiting threads were 10x slower on the
-    shared 2-core machine (24 ms vs 280 ms per tiny training step, measured under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: Tiny models run fastest on one thread (conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
