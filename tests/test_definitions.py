@@ -114,6 +114,8 @@ def test_stream_registry_is_frozen():
         "SHOT": 100,
         "READ": 101,
         "GAUSSIAN": 102,
+        "REAL_NOISE": 110,
+        "REAL_BLUR_NOISE": 111,
         "ER_WARP": 200,
         "RENDER_PARAMS": 250,
         "TEXTURE_FINE": 251,

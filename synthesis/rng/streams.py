@@ -12,6 +12,9 @@ from __future__ import annotations
 SHOT = 100  #: Poisson shot noise
 READ = 101  #: Gaussian read noise
 GAUSSIAN = 102  #: the first-release signal-independent Gaussian model
+# Corruptions of real images (synthesis.corruptions.real)
+REAL_NOISE = 110  #: the extra noise of the real_snr splits
+REAL_BLUR_NOISE = 111  #: the noise that real_sib/real_svb restore after the blur
 # Ground truth (synthesis.groundtruth.masks)
 ER_WARP = 200  #: the displacement field that bends ER tubules
 # Physics renderer (synthesis.render.physics)

@@ -1,0 +1,345 @@
+"""Controlled corruptions of *real* images: native noise, then exactly the extra noise or the
+blur that changes one factor.
+
+A real tile already carries noise. To degrade it the way a synthetic split is degraded,
+without degrading it twice, its own noise is measured first:
+
+1. :func:`estimate_noise` fits the Poisson-Gaussian model ``var(x) = a x + b`` (grey levels
+   squared; ``a`` is the gain of the signal-dependent part, ``b`` the signal-independent
+   part, quantisation included) from local (mean, variance) pairs, in the manner of Foi et
+   al. (IEEE TIP 17:1737, 2008): a second-difference residual with unit L2 norm removes
+   smooth signal; pixels are binned by local mean; each bin's variance is a sigma-clipped
+   estimate (texture and edges are outliers); a weighted line through the bins gives
+   ``a >= 0`` and ``b``. Windows that touch a clipped value (0 or the top of the range) or
+   the mask boundary are left out.
+2. :func:`native_snr` is the project's SNR on the mask, written with that model:
+   ``SNR = S / sqrt(a mu_F + b)``, ``S = mu_F - mu_G`` (the camera equation in grey levels,
+   since a Poisson-Gaussian pixel of mean ``mu_F`` has variance ``a mu_F + b``).
+3. :func:`add_noise_to_snr` adds signal-dependent noise ``var_add(x) = c (a x + b)`` with
+   ``c`` chosen so that the stored integer image has the target SNR: the final rounding
+   adds ``q^2 / 12``. Tiles whose native SNR is already at or below the target are not
+   degraded (the caller skips and counts them). A constant offset of 4 added standard
+   deviations lifts the image first, so no noise is clipped at 0 (the SNR is a contrast:
+   an offset leaves it unchanged). The realised SNR is measured like the synthetic one, on
+   what was stored: ``S' / sqrt(v_native(mu_F) + mean_F((x' - x - offset)^2))``.
+4. :func:`blur_real` blurs with a level's PSF (SIB or SVB) and adds back the noise the blur
+   removed: white noise keeps a fraction ``rho = sum h^2`` of its variance under a
+   normalised kernel ``h`` (for SVB a per-pixel ``rho`` from the ring weights), so noise of
+   variance ``(1 - rho) (a y + b) - q^2 / 12`` restores the native level; only sharpness
+   changes. The restored noise is white while the blurred native noise is correlated, so
+   the fine-scale noise measured afterwards differs a little; ``benchmarks/fidelity.py``
+   reports that residual change per level.
+
+Added noise is Gaussian with the signal-dependent variance of the native model (evaluated
+on a 3x3 local mean), drawn from the counter-based streams with per-row seeds, so a row is
+reproducible and batch-invariant. Definitions: ``docs/definitions.md#real-image-splits``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from synthesis import rng
+from synthesis.checks import check_images, check_mask, check_seeds
+from synthesis.corruptions import psf
+from synthesis.levels import SIB_SIGMA_PX, SVB
+from synthesis.rng import streams
+
+__all__ = [
+    "NoiseFit",
+    "add_noise_to_snr",
+    "blur_real",
+    "estimate_noise",
+    "native_snr",
+    "noise_retained",
+]
+
+#: Second difference with unit L2 norm, applied along both axes: removes any bilinear signal
+#: and keeps white noise's variance (the outer product has ``||k||_2 = 1``).
+_D2 = torch.tensor([1.0, -2.0, 1.0], dtype=torch.float64) / math.sqrt(6.0)
+#: Variance of a standard normal clipped at +-3 sigma, relative to 1 (corrects the clip).
+_CLIP = 3.0
+_CLIP_VAR = 1.0 - 2 * _CLIP * math.exp(-_CLIP * _CLIP / 2) / math.sqrt(2 * math.pi) / math.erf(
+    _CLIP / math.sqrt(2)
+)
+#: Local-mean bins of the fit, and the fewest samples a bin needs.
+_BINS = 16
+_MIN_BIN = 200
+
+
+@dataclass(frozen=True)
+class NoiseFit:
+    """Per-image Poisson-Gaussian noise model ``var(x) = a x + b`` (``(B,)`` float64)."""
+
+    a: Tensor
+    b: Tensor
+    #: Grey-level step of the data (1 for integer images).
+    quant_step: Tensor
+    #: Samples the fit used (0: no usable flat region; then ``a = b = nan``).
+    samples: Tensor
+
+    def variance(self, x: Tensor) -> Tensor:
+        """The model's noise variance at levels ``x`` ``(B, ...)``, floored at the rounding
+        variance ``q^2 / 12``: stored integers are never known better than that (below it
+        the fit sees flat runs of equal values, not noise)."""
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        floor = (self.quant_step.square() / 12.0).view(shape)
+        return torch.maximum(self.a.view(shape) * x + self.b.view(shape), floor)
+
+
+def _residual_and_level(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(second-difference residual, 7x7 local mean, 3x3 min, 3x3 max), on the pixels whose
+    7x7 window is inside the image: ``(B, 1, H - 6, W - 6)``, float64. The level is a wider
+    mean than the residual's window: a noisy level would blur the bins and flatten the
+    fitted slope (regression dilution)."""
+    k = _D2.to(x.device)
+    z = F.conv2d(F.conv2d(x, k.view(1, 1, 1, 3)), k.view(1, 1, 3, 1))[..., 2:-2, 2:-2]
+    mean = F.avg_pool2d(x, 7, stride=1)
+    lo = -F.max_pool2d(-x, 3, stride=1)[..., 2:-2, 2:-2]
+    hi = F.max_pool2d(x, 3, stride=1)[..., 2:-2, 2:-2]
+    return z, mean, lo, hi
+
+
+def _clipped_variance(z: Tensor) -> tuple[float, int]:
+    """Variance of ``z`` with iterative +-3 sigma clipping (texture, edges), corrected."""
+    keep = z
+    var = float(keep.square().mean())
+    for _ in range(4):
+        keep = z[z.abs() <= _CLIP * math.sqrt(max(var, 1e-30))]
+        if keep.numel() < 2:
+            break
+        var = float(keep.square().mean()) / _CLIP_VAR
+    return var, int(keep.numel())
+
+
+def estimate_noise(
+    images: Tensor,
+    mask: Tensor | None = None,
+    *,
+    quant_step: float = 1.0,
+    max_value: float | None = None,
+) -> NoiseFit:
+    """Fit ``var(x) = a x + b`` per image from its own pixels.
+
+    Args:
+        images: ``(B, 1, H, W)`` images in grey levels (any float or integer dtype).
+        mask: optional ``(B, 1, H, W)`` bool structure mask; windows on its boundary (edges
+            of the structures) are left out.
+        quant_step: the data's grey-level step (1 for integer images): its rounding
+            variance ``q^2 / 12`` is part of the fitted ``b``.
+        max_value: the top of the range; windows touching it (or 0) are left out. Default:
+            255 if every image's maximum is <= 255, else 65535.
+
+    Returns:
+        A :class:`NoiseFit` (``a >= 0``; ``b`` may be negative when the data have an offset).
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> clean = torch.full((1, 1, 128, 128), 100.0)
+        >>> noisy = torch.poisson(clean * 4, generator=g) / 4  # var = x / 4
+        >>> fit = estimate_noise(noisy, quant_step=0.25)
+        >>> round(float(fit.a * 100 + fit.b), 0)
+        25.0
+    """
+    x = images.to(torch.float64)
+    if x.dim() != 4 or x.shape[1] != 1:
+        raise ValueError(f"images must have shape (B, 1, H, W). Got {tuple(x.shape)}")
+    b = x.shape[0]
+    top = max_value
+    if top is None:
+        top = 255.0 if float(x.amax()) <= 255 else 65535.0
+    z, level, lo, hi = _residual_and_level(x)
+    ok = (lo > 0) & (hi < top)
+    if mask is not None:
+        m = check_mask(mask, x, "mask", require_foreground=False).to(torch.float64)
+        mlo = -F.max_pool2d(-m, 7, stride=1)
+        mhi = F.max_pool2d(m, 7, stride=1)
+        ok &= mlo == mhi  # the whole 7x7 window on one side of the boundary
+    a_out, b_out, n_out = [], [], []
+    for i in range(b):
+        zi, li = z[i][ok[i]], level[i][ok[i]]
+        fit = _fit_one(zi, li)
+        a_out.append(fit[0])
+        b_out.append(fit[1])
+        n_out.append(fit[2])
+    dev = images.device
+    return NoiseFit(
+        a=torch.tensor(a_out, dtype=torch.float64, device=dev),
+        b=torch.tensor(b_out, dtype=torch.float64, device=dev),
+        quant_step=torch.full((b,), float(quant_step), dtype=torch.float64, device=dev),
+        samples=torch.tensor(n_out, dtype=torch.int64, device=dev),
+    )
+
+
+def _fit_one(z: Tensor, level: Tensor) -> tuple[float, float, int]:
+    """Bin by level, fit a line; then refit once with the residuals standardised by the
+    first fit, so that a wide bin (the sparse bright end) mixing several variances is not
+    mistaken for heavy tails by the clipping."""
+    if z.numel() < _MIN_BIN:
+        return math.nan, math.nan, 0
+    order = torch.argsort(level)
+    chunks = torch.tensor_split(order, max(1, min(_BINS, z.numel() // _MIN_BIN)))
+    a, b, n = _fit_bins(z, level, chunks, None)
+    for _ in range(2):
+        a, b, n = _fit_bins(z, level, chunks, (a, b))
+    return a, b, n
+
+
+def _fit_bins(
+    z: Tensor, level: Tensor, chunks: tuple[Tensor, ...], model: tuple[float, float] | None
+) -> tuple[float, float, int]:
+    mus, vs, ns = [], [], []
+    for chunk in chunks:
+        lv = level[chunk]
+        if model is None:
+            var, n = _clipped_variance(z[chunk])
+        else:
+            pred = (model[0] * lv + model[1]).clamp_min(1e-6)
+            ratio, n = _clipped_variance(z[chunk] / pred.sqrt())
+            var = ratio * float(pred.mean())
+        mus.append(float(lv.mean()))
+        vs.append(var)
+        ns.append(n)
+    mu = torch.tensor(mus, dtype=torch.float64)
+    v = torch.tensor(vs, dtype=torch.float64)
+    n = torch.tensor(ns, dtype=torch.float64)
+    # Weighted least squares: a bin's variance estimate has standard error ~ v sqrt(2 / n).
+    w = n / v.clamp_min(1e-12).square()
+    if len(mus) >= 2 and float(mu.max() - mu.min()) > 0:
+        sw, swx, swy = w.sum(), (w * mu).sum(), (w * v).sum()
+        sxx, sxy = (w * mu * mu).sum(), (w * mu * v).sum()
+        den = sw * sxx - swx * swx
+        a = float((sw * sxy - swx * swy) / den) if float(den) > 0 else 0.0
+    else:
+        a = 0.0
+    if a < 0:
+        a = 0.0
+    b = float((w * (v - a * mu)).sum() / w.sum())
+    return a, b, int(n.sum())
+
+
+def native_snr(images: Tensor, mask: Tensor, fit: NoiseFit) -> Tensor:
+    """``(B,)`` SNR on the mask with the image's own noise: ``S / sqrt(a mu_F + b)``,
+    ``S = mu_F - mu_G`` (the camera equation, docs/definitions.md#snr)."""
+    x = images.to(torch.float64)
+    m = check_mask(mask, x, "mask")
+    s, mu_f = _contrast(x, m)
+    return s / fit.variance(mu_f).sqrt()
+
+
+def _contrast(x: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+    """(foreground mean - background mean, foreground mean), ``(B,)`` float64."""
+    fg = m.flatten(1).to(torch.float64)
+    flat = x.flatten(1)
+    mu_f = (flat * fg).sum(1) / fg.sum(1).clamp_min(1)
+    mu_g = (flat * (1 - fg)).sum(1) / (1 - fg).sum(1).clamp_min(1)
+    return mu_f - mu_g, mu_f
+
+
+def _local_mean(x: Tensor) -> Tensor:
+    return F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+
+
+def _store(x: Tensor, quant_step: Tensor) -> Tensor:
+    """Round to the data's grey-level step and clip to uint16's range."""
+    q = quant_step.view(-1, 1, 1, 1)
+    return (torch.round(x / q) * q).clamp(0, 65535)
+
+
+def add_noise_to_snr(
+    images: Tensor, mask: Tensor, fit: NoiseFit, snr: float, seeds: Tensor
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Real images at SNR ``snr``: the native noise plus exactly the signal-dependent noise
+    that lowers the SNR to the target, stored on the data's grey-level grid.
+
+    Returns:
+        ``(images float64 (B, 1, H, W), params)``; ``params`` holds ``(B,)`` tensors:
+        ``snr_native``, ``snr_measured``, ``added_scale`` (``c``: added variance / native
+        variance), ``offset`` (grey levels added) and ``kept`` (bool: False where the native
+        SNR is not above the target; those images are returned unchanged).
+    """
+    x = check_images(images.to(torch.float64), "images", nonnegative=False)
+    b = x.shape[0]
+    m = check_mask(mask, x, "mask")
+    seeds = check_seeds(seeds, b, x.device)
+    s, mu_f = _contrast(x, m)
+    native_var = fit.variance(mu_f)
+    snr_native = s / native_var.sqrt()
+    rounding = fit.quant_step.square() / 12.0
+    extra = (s / snr).square() - native_var - rounding
+    kept = (snr_native > snr) & (extra > 0) & torch.isfinite(extra)
+    c = torch.where(kept, extra / native_var.clamp_min(1e-12), torch.zeros_like(extra))
+    var_add = c.view(-1, 1, 1, 1) * fit.variance(_local_mean(x))
+    q = fit.quant_step
+    offset = torch.ceil(4 * var_add.flatten(1).amax(1).sqrt() / q) * q
+    n = rng.normal(seeds, tuple(x.shape[1:]), streams.REAL_NOISE).to(torch.float64)
+    noisy = _store(x + offset.view(-1, 1, 1, 1) + var_add.sqrt() * n, q)
+    out = torch.where(kept.view(-1, 1, 1, 1), noisy, x)
+    s_out, _ = _contrast(out, m)
+    fg = m.flatten(1).to(torch.float64)
+    added = (out - x - offset.view(-1, 1, 1, 1)).flatten(1).square()
+    var_out = native_var + (added * fg).sum(1) / fg.sum(1)
+    measured = torch.where(kept, s_out / var_out.sqrt(), snr_native)
+    return out, {
+        "snr_native": snr_native,
+        "snr_measured": measured,
+        "added_scale": c,
+        "offset": torch.where(kept, offset, torch.zeros_like(offset)),
+        "kept": kept,
+    }
+
+
+def noise_retained(family: str, level: int, h: int, w: int) -> Tensor:
+    """``(H, W)`` float64: the fraction of a white noise's variance that the level's PSF
+    keeps at each pixel, ``sum_t h(t)^2`` for a normalised kernel ``h`` (2-D: the square of
+    the 1-D sum). For SVB, ``sum_{k,l} w_k w_l (h_k . h_l)^2`` over the ring weights (the
+    weights vary slowly across a kernel's support, so the product is taken at the pixel)."""
+    if family == "sib":
+        k = psf.gaussian_kernel1d(SIB_SIGMA_PX[level], dtype=torch.float64)
+        return torch.full((h, w), float(k.square().sum()) ** 2, dtype=torch.float64)
+    if family != "svb":
+        raise ValueError(f"family must be 'sib' or 'svb'. Got {family!r}")
+    sigma_edge = SIB_SIGMA_PX[level]
+    nodes = psf.svb_ring_sigmas(sigma_edge, SVB.rings, SVB.sigma_center_px)
+    weights = psf.svb_weights(
+        psf.svb_sigma_map(h, w, sigma_edge, sigma_center_px=SVB.sigma_center_px), nodes
+    ).to(torch.float64)
+    kernels = [psf.gaussian_kernel1d(s, dtype=torch.float64) for s in nodes]
+    out = torch.zeros((h, w), dtype=torch.float64)
+    for i, ki in enumerate(kernels):
+        for j, kj in enumerate(kernels):
+            if abs(i - j) > 1:  # hat weights overlap only for neighbouring rings
+                continue
+            r = min(ki.numel(), kj.numel()) // 2
+            ci, cj = ki.numel() // 2, kj.numel() // 2
+            overlap = float((ki[ci - r : ci + r + 1] * kj[cj - r : cj + r + 1]).sum()) ** 2
+            out += weights[i] * weights[j] * overlap
+    return out
+
+
+def blur_real(
+    images: Tensor, fit: NoiseFit, family: str, level: int, seeds: Tensor
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Real images blurred with a level's PSF (``sib`` or ``svb``), with the native noise
+    that the blur removed added back (white, signal-dependent), on the data's grid.
+
+    Returns:
+        ``(images float64 (B, 1, H, W), params)``; ``params["noise_retained"]`` is the mean
+        fraction of white-noise variance the PSF kept (``(B,)``).
+    """
+    x = check_images(images.to(torch.float64), "images", nonnegative=False)
+    b, _, h, w = x.shape
+    seeds = check_seeds(seeds, b, x.device)
+    blur = psf.sib if family == "sib" else psf.svb
+    y = blur(x, level)
+    rho = noise_retained(family, level, h, w).to(x.device)
+    rounding = (fit.quant_step.square() / 12.0).view(-1, 1, 1, 1)
+    var_add = ((1 - rho) * fit.variance(_local_mean(y)) - rounding).clamp_min(0.0)
+    n = rng.normal(seeds, (1, h, w), streams.REAL_BLUR_NOISE).to(torch.float64)
+    out = _store(y + var_add.sqrt() * n, fit.quant_step)
+    return out, {"noise_retained": rho.mean().expand(b).clone()}
