@@ -23,6 +23,7 @@ from builder.package.features import (
     ATTACK_FEATURES,
     CAMERA_FIELDS,
     PSF_FEATURES,
+    REAL_FEATURES,
     empty_params,
     record,
     row_features,
@@ -67,6 +68,8 @@ class ConfigImages:
         self.source = open_source(opts.source, config, seed=opts.seed, counts=opts.counts)
         self.specs = resolve_splits(opts.splits, with_real=self.source.has_real_images)
         self._clean_cache: dict[str, Any] = {}
+        self._real_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._fit_cache: dict[str, Any] = {}
         self.reference_model = reference_model
         self.renderer = self._make_renderer()
 
@@ -148,8 +151,8 @@ class ConfigImages:
         noise_seeds = self._seeds(ids, "noise")
         per_row: list[dict[str, Any]] = [empty_params() for _ in ids]
         image_np: np.ndarray
-        if spec.family == "real":
-            image_np = np.stack([it.image for it in items]).astype(np.uint16)
+        if spec.from_real_images:
+            image_np = self._real(spec, ids, items, mask, per_row)
         elif spec.family == "clean":
             image_np = clean[:, 0].float().cpu().numpy()
         else:
@@ -183,7 +186,7 @@ class ConfigImages:
             p["build_seed"] = self.opts.seed
             p["mask_seed"] = item.meta.get("mask_seed")
             p["render_seed"] = derive_seed(self.opts.seed, self.config, rid, "render")
-            p["renderer"] = self.opts.renderer if spec.family != "real" else None
+            p["renderer"] = None if spec.from_real_images else self.opts.renderer
             p["renderer_params"] = json.dumps(render_params[i], sort_keys=True)
             p["mask_params"] = json.dumps(item.meta, sort_keys=True, default=str)
             p["package_version"] = __version__
@@ -203,6 +206,104 @@ class ConfigImages:
                 )
             rows.append(row)
         return rows
+
+    # ----------------------------------------------------------------- real images
+    def split_ids(self, spec: SplitSpec) -> tuple[list[str], int]:
+        """The ids of split ``spec`` and how many of its base's ids it leaves out: a
+        ``real_snr`` split keeps the tiles whose native noise leaves room for its target
+        (docs/definitions.md#real-image-splits); every other split keeps all."""
+        ids = self.source.ids(spec.base)
+        if spec.family != "real_snr":
+            return ids, 0
+        from synthesis.corruptions.real import reachable
+
+        kept = []
+        for rid in ids:
+            x, m = self._real_tile(rid)
+            if bool(reachable(x, m, self._native_fit(rid), spec.level)[0]):
+                kept.append(rid)
+        return kept, len(ids) - len(kept)
+
+    def native_snr_of(self, ids: list[str]) -> dict[str, float]:
+        """Native SNR (the tile's own noise, on its mask) of real tiles, by id."""
+        from synthesis.corruptions.real import native_snr
+
+        out = {}
+        for rid in ids:
+            x, m = self._real_tile(rid)
+            out[rid] = float(native_snr(x, m, self._native_fit(rid))[0])
+        return out
+
+    def _real_tile(self, rid: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image float64, mask bool), ``(1, 1, H, W)``, of one real tile (cached)."""
+        if rid not in self._real_cache:
+            (item,) = self.source.load([rid])
+            x = torch.from_numpy(item.image.astype(np.float64))[None, None]
+            m = torch.from_numpy(np.asarray(item.mask) != 0)[None, None]
+            self._real_cache[rid] = (x, m)
+        return self._real_cache[rid]
+
+    def _native_fit(self, rid: str) -> Any:
+        """The tile's own noise model, fitted on that tile alone (so it does not depend on
+        the batch), cached by id."""
+        if rid not in self._fit_cache:
+            from synthesis.corruptions.real import estimate_noise
+
+            x, m = self._real_tile(rid)
+            self._fit_cache[rid] = estimate_noise(x, m, quant_step=1.0)
+        return self._fit_cache[rid]
+
+    def _real(
+        self,
+        spec: SplitSpec,
+        ids: list[str],
+        items: list[Any],
+        mask: torch.Tensor,
+        per_row: list[dict[str, Any]],
+    ) -> np.ndarray:
+        """Images (uint16 ``(B, H, W)``) of a split made from real tiles, filling each row's
+        ``params.real`` (and, for the corrupted ones, SNR, PSF and seed)."""
+        from synthesis.corruptions import psf as psf_mod
+        from synthesis.corruptions import real
+
+        purpose = "real-noise" if spec.family == "real_snr" else "real-blur-noise"
+        images = []
+        for i, rid in enumerate(ids):
+            x, m = self._real_tile(rid)
+            fit = self._native_fit(rid)
+            snr_native = float(real.native_snr(x, m, fit)[0])
+            values: dict[str, Any] = {
+                "noise_a": float(fit.a[0]),
+                "noise_b": float(fit.b[0]),
+                "quant_step": float(fit.quant_step[0]),
+                "snr_native": snr_native,
+            }
+            p = per_row[i]
+            out = x
+            if spec.family != "real":
+                seed = derive_seed(self.opts.seed, self.config, rid, purpose)
+                seeds = torch.tensor([seed], dtype=torch.int64)
+                p["noise_seed"] = seed
+                if spec.family == "real_snr":
+                    out, rp = real.add_noise_to_snr(x, m, fit, spec.level, seeds)
+                    if not bool(rp["kept"][0]):
+                        raise RuntimeError(
+                            f"{rid}: native SNR {snr_native:.2f} cannot reach {spec.level}"
+                        )
+                    values["added_scale"] = float(rp["added_scale"][0])
+                    values["offset"] = float(rp["offset"][0])
+                    p["snr_target"] = float(spec.level)
+                    p["snr_measured"] = float(rp["snr_measured"][0])
+                    p["psf"] = record({"kind": "none"}, PSF_FEATURES)
+                else:
+                    kind = "gaussian" if spec.corruption == "sib" else "space_variant_gaussian"
+                    out, rp = real.blur_real(x, fit, spec.corruption, int(spec.level), seeds)
+                    values["noise_retained"] = float(rp["noise_retained"][0])
+                    p["snr_measured"] = float(real.native_snr(out, m, fit)[0])
+                    p["psf"] = record(psf_mod.psf_params(kind, int(spec.level)), PSF_FEATURES)
+            p["real"] = record(values, REAL_FEATURES)
+            images.append(out[0, 0].numpy())
+        return np.stack(images).astype(np.uint16)
 
     # ----------------------------------------------------------------- attacks
     def _attack(

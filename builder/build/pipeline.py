@@ -135,6 +135,31 @@ def _evaluate_reference(opts: BuildOptions, config: str, device: torch.device) -
     write_reports(opts.out / "results", results, stem=config)
 
 
+#: Bin edges of the native-SNR histogram: the benchmark's SNR levels, then wider bins.
+NATIVE_SNR_EDGES: tuple[float, ...] = (0, 1, 2, 3, 4, 5, 8, 12, 16, 24, 32, 48, 64, 128)
+
+
+def native_snr_summary(snr_by_id: dict[str, float]) -> dict[str, Any]:
+    """Where a source's real tiles lie on the SNR scale: count, quantiles and a histogram
+    over :data:`NATIVE_SNR_EDGES` (the last bin is open-ended)."""
+    values = sorted(v for v in snr_by_id.values() if math.isfinite(v))
+    edges = list(NATIVE_SNR_EDGES)
+    counts = [0] * len(edges)
+    for v in values:
+        counts[max(i for i, e in enumerate(edges) if v >= e)] += 1
+
+    def q(p: float) -> float | None:
+        if not values:
+            return None
+        return round(values[min(len(values) - 1, int(p * (len(values) - 1) + 0.5))], 3)
+
+    return {
+        "tiles": len(values),
+        "quantiles": {f"p{int(p * 100)}": q(p) for p in (0.05, 0.25, 0.5, 0.75, 0.95)},
+        "histogram": {"edges": edges, "counts": counts},
+    }
+
+
 class _ConfigWriter:
     """Writes the splits of one config, shard by shard, recording each in the manifest."""
 
@@ -154,18 +179,29 @@ class _ConfigWriter:
 
     def run(self) -> None:
         entry = self.manifest["configs"][self.config]
+        if any(spec.from_real_images for spec in self.images.specs):
+            test_ids = self.images.source.ids("test")
+            entry["native_snr"] = native_snr_summary(self.images.native_snr_of(test_ids))
         for spec in self.images.specs:
-            ids = self.images.source.ids(spec.base)
-            if not ids:
+            if not self.images.source.ids(spec.base):
                 raise BuildError(
                     f"source {self.opts.source} has no {spec.base} images for config {self.config}"
                 )
+            ids, skipped = self.images.split_ids(spec)
+            if not ids:  # no tile's own noise leaves room for this SNR
+                logger.warning("%s %s: no tile reaches it; split not built", self.config, spec.name)
+                entry.setdefault("not_built", {})[spec.name] = (
+                    f"no {spec.base} tile has a native SNR above {spec.level:g}"
+                )
+                continue
             split_entry = {
                 "family": spec.family,
                 "corruption": spec.corruption,
                 "level": spec.level,
                 "num_rows": len(ids),
             }
+            if skipped:
+                split_entry["skipped_below_target"] = skipped
             if spec.alias_of:
                 split_entry["alias_of"] = spec.alias_of
                 entry["splits"][spec.name] = split_entry

@@ -166,6 +166,36 @@ def _sources(manifest: dict[str, Any]) -> str:
     )
 
 
+def _native_snr(manifest: dict[str, Any]) -> str:
+    """Where the source's real tiles lie on the SNR scale (sources with real images only)."""
+    parts = []
+    for config in CONFIGS:
+        summary = manifest["configs"].get(config, {}).get("native_snr")
+        if not summary or not summary["tiles"]:
+            continue
+        edges = summary["histogram"]["edges"]
+        counts = summary["histogram"]["counts"]
+        labels = [f"{a:g}–{b:g}" for a, b in zip(edges, edges[1:], strict=False)]
+        labels.append(f"≥ {edges[-1]:g}")
+        q = summary["quantiles"]
+        parts.append(
+            f"**`{config}`**: {summary['tiles']} real test tiles; native SNR median "
+            f"{q['p50']:g} (5–95%: {q['p5']:g}–{q['p95']:g}).\n\n"
+            "| native SNR | " + " | ".join(labels) + " |\n"
+            "|---|" + "---:|" * len(labels) + "\n"
+            "| tiles | " + " | ".join(str(c) for c in counts) + " |"
+        )
+    if not parts:
+        return ""
+    return (
+        "### Where the real images lie on the SNR scale\n\n"
+        "The native SNR of each real test tile: its own noise, fitted as `var = a x + b`, on "
+        "its mask, with the SNR definition of the synthetic splits. SNR levels well below the "
+        "bulk are harsher than this microscope's images; `real_snr_K` keeps only the tiles "
+        "above K.\n\n" + "\n\n".join(parts)
+    )
+
+
 def _models(manifest: dict[str, Any]) -> str:
     lines = []
     for config in CONFIGS:
@@ -309,6 +339,7 @@ def render_card(
         "results": _results(manifest, out),
         "samples": _samples(manifest, out),
         "sources": _sources(manifest),
+        "native_snr": _native_snr(manifest),
     }
     text = TEMPLATE.read_text()
     for key, value in values.items():

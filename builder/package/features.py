@@ -33,6 +33,17 @@ ATTACK_FEATURES: dict[str, Any] = {
     "model_sha256": _STR,
     "seed": Value("int64"),
 }
+#: Real-image rows: the tile's own noise, fitted (``var = noise_a x + noise_b``, grey
+#: levels), its native SNR, and what the controlled corruption changed.
+REAL_FEATURES: dict[str, Any] = {
+    "noise_a": _F64,
+    "noise_b": _F64,
+    "quant_step": _F64,
+    "snr_native": _F64,
+    "added_scale": _F64,
+    "offset": _F64,
+    "noise_retained": _F64,
+}
 #: Everything that made a row. Fields that do not apply to a split are null.
 PARAMS_FEATURES: dict[str, Any] = {
     "build_seed": Value("int64"),
@@ -50,6 +61,7 @@ PARAMS_FEATURES: dict[str, Any] = {
     "e_per_adu": _F64,
     "psf": PSF_FEATURES,
     "attack": ATTACK_FEATURES,
+    "real": REAL_FEATURES,
     "renderer": _STR,
     "renderer_params": _STR,  # JSON: per-structure renderer draws (texture, gamma, haze...)
     "mask_params": _STR,  # JSON: the mask generator's draws, or the real source's metadata
@@ -96,4 +108,5 @@ def empty_params() -> dict[str, Any]:
     out: dict[str, Any] = {k: None for k in PARAMS_FEATURES}
     out["psf"] = None
     out["attack"] = None
+    out["real"] = None
     return out

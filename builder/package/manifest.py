@@ -22,7 +22,8 @@ from synthesis.files import atomic_write_bytes
 
 MANIFEST = "manifest.json"
 LOCK = ".fluorobench-c.lock"
-FORMAT_VERSION = 1
+#: 2: params.real and the real_snr / real_sib / real_svb splits (issue 12).
+FORMAT_VERSION = 2
 
 
 class BuildError(RefusedError):

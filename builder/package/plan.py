@@ -20,7 +20,20 @@ from synthesis.levels import (
 #: Values of the ``corruption`` ClassLabel, in label order.
 CORRUPTIONS: tuple[str, ...] = ("clean", "snr", "sib", "svb", "fgsm", "ifgsm", "pgd", "real")
 BASE_SPLITS: tuple[str, ...] = ("train", "validation", "test")
-FAMILIES: tuple[str, ...] = ("reference", "clean", "snr", "sib", "svb", "attacks", "real")
+FAMILIES: tuple[str, ...] = (
+    "reference",
+    "clean",
+    "snr",
+    "sib",
+    "svb",
+    "attacks",
+    "real",
+    "real_snr",
+    "real_sib",
+    "real_svb",
+)
+#: Families made from the real images of a source (only with a source that has them).
+REAL_FAMILIES: tuple[str, ...] = ("real", "real_snr", "real_sib", "real_svb")
 
 
 @dataclass(frozen=True)
@@ -37,6 +50,11 @@ class SplitSpec:
     @property
     def needs_model(self) -> bool:
         return self.family == "attacks"
+
+    @property
+    def from_real_images(self) -> bool:
+        """Made from the source's real test images (``real`` and its controlled corruptions)."""
+        return self.family in REAL_FAMILIES
 
 
 def all_splits(with_real: bool = False) -> list[SplitSpec]:
@@ -58,6 +76,16 @@ def all_splits(with_real: bool = False) -> list[SplitSpec]:
         ]
     if with_real:
         specs.append(SplitSpec("real", "real", "real", 0.0, "test"))
+        # The real test tiles with one factor changed (docs/definitions.md#real-image-splits).
+        specs += [
+            SplitSpec(f"real_snr_{snr}", "real_snr", "snr", float(snr), "test")
+            for snr in SNR_LEVELS
+        ]
+        for family in ("sib", "svb"):
+            specs += [
+                SplitSpec(f"real_{family}_{lv}", f"real_{family}", family, float(lv), "test")
+                for lv in BLUR_LEVELS
+            ]
     return specs
 
 
@@ -80,14 +108,15 @@ def resolve_splits(requested: list[str] | None, *, with_real: bool) -> list[Spli
     for item in requested:
         if item in FAMILIES:
             wanted |= {s.name for s in available if s.family == item}
-            if item == "real" and not with_real:
+            if item in REAL_FAMILIES and not with_real:
                 raise InputError(
-                    "split family 'real' needs a source with real images. Got --source procedural"
+                    f"split family {item!r} needs a source with real images. "
+                    "Got --source procedural"
                 )
         elif item in SPLITS:
-            if item == "real" and not with_real:
+            if SPLITS[item].from_real_images and not with_real:
                 raise InputError(
-                    "split 'real' needs a source with real images. Got --source procedural"
+                    f"split {item!r} needs a source with real images. Got --source procedural"
                 )
             wanted.add(item)
         else:

@@ -119,12 +119,23 @@ def _check_pairing(
 ) -> list[Problem]:
     problems = []
     base = {s: ids_by_split.get((config, s)) for s in ("train", "validation", "test")}
-    for split in entry["splits"]:
+    ref = base.get("test")
+    for split, info in entry["splits"].items():
         ids = ids_by_split.get((config, split))
-        if ids is None or split in base:
+        if ids is None or split in base or ref is None:
             continue
-        ref = base.get("test")
-        if ref is not None and ids != ref:
+        skipped = info.get("skipped_below_target", 0)
+        if skipped:  # a real_snr split: the test ids whose native SNR reaches the target
+            subset = iter(ref)
+            in_order = all(any(i == r for r in subset) for i in ids)
+            if not in_order or len(ref) - len(ids) != skipped:
+                problems.append(
+                    Problem(
+                        str(out / "data" / config),
+                        f"ids of split {split} are not the ids of test less {skipped} skipped",
+                    )
+                )
+        elif ids != ref:
             problems.append(
                 Problem(
                     str(out / "data" / config),

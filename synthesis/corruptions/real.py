@@ -57,6 +57,7 @@ __all__ = [
     "estimate_noise",
     "native_snr",
     "noise_retained",
+    "reachable",
 ]
 
 #: Second difference with unit L2 norm, applied along both axes: removes any bilinear signal
@@ -251,6 +252,25 @@ def _store(x: Tensor, quant_step: Tensor) -> Tensor:
     return (torch.round(x / q) * q).clamp(0, 65535)
 
 
+def _solve(
+    x: Tensor, m: Tensor, fit: NoiseFit, snr: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(native SNR, native variance at mu_F, extra variance to add at mu_F, reachable)."""
+    s, mu_f = _contrast(x, m)
+    native_var = fit.variance(mu_f)
+    snr_native = s / native_var.sqrt()
+    extra = (s / snr).square() - native_var - fit.quant_step.square() / 12.0
+    reachable = (snr_native > snr) & (extra > 0) & torch.isfinite(extra)
+    return snr_native, native_var, extra, reachable
+
+
+def reachable(images: Tensor, mask: Tensor, fit: NoiseFit, snr: float) -> Tensor:
+    """``(B,)`` bool: the images whose native noise leaves room to reach SNR ``snr`` (the
+    tiles a ``real_snr`` split keeps)."""
+    x = images.to(torch.float64)
+    return _solve(x, check_mask(mask, x, "mask"), fit, snr)[3]
+
+
 def add_noise_to_snr(
     images: Tensor, mask: Tensor, fit: NoiseFit, snr: float, seeds: Tensor
 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -267,12 +287,7 @@ def add_noise_to_snr(
     b = x.shape[0]
     m = check_mask(mask, x, "mask")
     seeds = check_seeds(seeds, b, x.device)
-    s, mu_f = _contrast(x, m)
-    native_var = fit.variance(mu_f)
-    snr_native = s / native_var.sqrt()
-    rounding = fit.quant_step.square() / 12.0
-    extra = (s / snr).square() - native_var - rounding
-    kept = (snr_native > snr) & (extra > 0) & torch.isfinite(extra)
+    snr_native, native_var, extra, kept = _solve(x, m, fit, snr)
     c = torch.where(kept, extra / native_var.clamp_min(1e-12), torch.zeros_like(extra))
     var_add = c.view(-1, 1, 1, 1) * fit.variance(_local_mean(x))
     q = fit.quant_step
