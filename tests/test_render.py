@@ -276,3 +276,19 @@ def test_cuda_matches_cpu():
     )
     assert gpu.image.is_cuda
     torch.testing.assert_close(gpu.image.cpu(), cpu.image, rtol=1e-4, atol=1e-2)
+
+
+def test_naive_renderer_is_mask_plus_blur():
+    """The realism baseline: NAIVE_SCALE x the mask blurred by NAIVE_PSF_PX, nothing else."""
+    from synthesis.corruptions.psf import gaussian_blur
+    from synthesis.render.naive import NAIVE_PSF_PX, NAIVE_SCALE
+    from synthesis.render.naive import render as naive
+
+    m = torch.zeros(2, 1, 64, 64, dtype=torch.bool)
+    m[0, :, 10:30, 12:40] = True
+    m[1, :, 40:60, 5:20] = True
+    out = naive(m, torch.tensor([1, 2]), "nucleus")
+    assert torch.equal(out.image, gaussian_blur(m.float(), NAIVE_PSF_PX) * NAIVE_SCALE)
+    assert out.params[0] == {"renderer": "naive", "psf_sigma_px": 1.5, "scale": 1000.0}
+    inside, outside = out.image[0, 0, 20, 25], out.image[0, 0, 50, 50]
+    assert float(inside) == pytest.approx(NAIVE_SCALE, rel=1e-4) and float(outside) == 0.0

@@ -79,6 +79,10 @@ class ConfigImages:
             from synthesis.render.physics import render
 
             return render
+        if self.opts.renderer == "naive":
+            from synthesis.render.naive import render as naive
+
+            return naive
         from synthesis.render.gan import GanRenderer
 
         # --weights DIR (from train-synthesizer), or the generator shipped in the package.

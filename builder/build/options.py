@@ -17,7 +17,8 @@ from synthesis.errors import InputError
 from synthesis.levels import CONFIGS
 from synthesis.progress import ProgressFactory
 
-RENDERERS = ("physics", "gan")
+#: Mask-to-image renderers: the physics model, pix2pix (+ denoiser), and the naive baseline.
+RENDERERS = ("physics", "gan", "naive")
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from builder.build.options import RENDERERS
 from builder.build.reference import REFERENCE
 from builder.cli import common
 from synthesis.levels import CONFIGS
@@ -35,7 +36,10 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
     p.add_argument("--batch-size", type=common.counts, default=16, help="images per batch")
     p.add_argument("--shard-size", type=common.counts, default=256, help="rows per Parquet shard")
     p.add_argument(
-        "--renderer", default="physics", choices=["physics", "gan"], help="mask-to-image renderer"
+        "--renderer",
+        default="physics",
+        choices=list(RENDERERS),
+        help="mask-to-image renderer (naive: mask + Gaussian blur, the realism baseline)",
     )
     p.add_argument("--weights", default=None, help="generator weights folder (--renderer gan)")
     p.add_argument(
