@@ -136,14 +136,24 @@ def real_tiles(source: Path, split: str, counts: dict[str, int], seed: int):
 def train_on_real(args) -> tuple[torch.nn.Module, float]:
     """The upper bound: the same U-Net trained on the real ``train`` tiles (native noise),
     checkpointed on the real ``validation`` tiles."""
-    path = args.work / f"real-unet-{args.epochs}ep.safetensors"
+    counts = {"train": args.train, "validation": args.validation, "test": args.test}
+    return trained(
+        args,
+        args.work / f"real-unet-{args.epochs}ep.safetensors",
+        lambda split: real_tiles(args.source, split, counts, args.seed),
+    )
+
+
+def trained(args, path: Path, data) -> tuple[torch.nn.Module, float]:
+    """The U-Net at ``path`` if an earlier run with the same settings trained it, else
+    trained now on ``data("train")``, checkpointed on ``data("validation")``. Returns
+    ``(model in eval mode, validation IoU)``."""
     if path.exists():
         model, meta = load_model(path)
         return model.eval(), meta["val_iou"]
-    counts = {"train": args.train, "validation": args.validation, "test": args.test}
     model, saved = fit_reference(
-        *real_tiles(args.source, "train", counts, args.seed),
-        *real_tiles(args.source, "validation", counts, args.seed),
+        *data("train"),
+        *data("validation"),
         path=path,
         config="nucleus",
         seed=args.seed,
@@ -236,24 +246,14 @@ def main() -> int:
         t0 = time.perf_counter()
         pkg = build_package(args, renderer, args.work / renderer)
         t1 = time.perf_counter()
-        model_path = args.work / f"{renderer}-unet-{args.epochs}ep.safetensors"
-        if model_path.exists():  # trained by an earlier run with the same settings
-            model, meta = load_model(model_path)
-            saved = {"val_iou": meta["val_iou"]}
-        else:
-            model, saved = fit_reference(
-                *read_split(str(pkg), "nucleus", "train"),
-                *read_split(str(pkg), "nucleus", "validation"),
-                path=model_path,
-                config="nucleus",
-                seed=args.seed,
-                device="cpu",
-                epochs=args.epochs,
-            )
-        model.eval()
+        model, val_iou = trained(
+            args,
+            args.work / f"{renderer}-unet-{args.epochs}ep.safetensors",
+            lambda split, pkg=pkg: read_split(str(pkg), "nucleus", split),
+        )
         t2 = time.perf_counter()
         res = score(pkg, model)
-        res["val_iou"] = saved["val_iou"]
+        res["val_iou"] = val_iou
         if renderer == args.renderers[0]:
             results["residual_noise"] = residual_noise(pkg)
         results["renderers"][renderer] = res

@@ -6,34 +6,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from builder.cli import main
+from tests.toy import disc_source
 
 SPLITS = ["--splits", "reference", "real", "real_snr", "real_sib", "real_svb", "snr_2"]
 
 
-def _noisy_discs(root: Path, n: int = 40) -> Path:
-    """A folder source of 8-bit disc images; odd-numbered ones are very noisy (native SNR
-    ~2), even ones clean (SNR > 20), so high-SNR real splits must skip the odd ones."""
-    rs = np.random.Generator(np.random.PCG64(3))
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    yy, xx = np.mgrid[:256, :256]
-    for i in range(n):
-        mask = np.zeros((256, 256), bool)
-        for _ in range(6):
-            cy, cx = rs.integers(30, 226, 2)
-            mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= rs.integers(12, 25) ** 2
-        sigma = 12.0 if i % 2 else 1.0
-        img = np.where(mask, 70.0, 40.0) + rs.normal(0, sigma, mask.shape)
-        Image.fromarray(np.clip(np.round(img), 0, 255).astype(np.uint8)).save(
-            root / "images" / f"d{i:02d}.png"
-        )
-        Image.fromarray(mask.astype(np.uint8)).save(root / "masks" / f"d{i:02d}.png")
-    return root
+def _noisy_discs(root: Path) -> Path:
+    """40 disc images; odd-numbered ones are very noisy (native SNR ~2-3), even ones clean
+    (SNR > 20), so the high-SNR real splits must skip the odd ones."""
+    return disc_source(
+        root, 40, seed=3, levels=(40.0, 70.0), noise=lambda i: 12.0 if i % 2 else 1.0, discs=6
+    )
 
 
 @pytest.fixture(scope="module")

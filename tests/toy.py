@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,19 +24,30 @@ def toy_data(n: int, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch
     return adu, mask
 
 
-def disc_source(root: Path, n: int = 12) -> Path:
-    """A folder source (images/ + masks/): n 8-bit 256x256 images of bright discs, the
-    real pairs a tiny GAN learns (also used by ``benchmarks/same_bytes.py``)."""
-    rs = np.random.Generator(np.random.PCG64(0))
+def disc_source(
+    root: Path,
+    n: int = 12,
+    *,
+    seed: int = 0,
+    levels: tuple[float, float] = (6.0, 60.0),
+    noise: Callable[[int], float] = lambda i: 1.5,
+    discs: int = 8,
+    radius: tuple[int, int] = (8, 20),
+) -> Path:
+    """A folder source (images/ + masks/): n 8-bit 256x256 images of bright discs
+    (background, disc levels ``levels``; image ``i`` has Gaussian noise of sd ``noise(i)``).
+    The real pairs a tiny GAN learns (also used by ``benchmarks/same_bytes.py``), and real
+    tiles of known noise for the real-image splits."""
+    rs = np.random.Generator(np.random.PCG64(seed))
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
     yy, xx = np.mgrid[:256, :256]
     for i in range(n):
         mask = np.zeros((256, 256), bool)
-        for _ in range(8):
+        for _ in range(discs):
             cy, cx = rs.integers(20, 236, 2)
-            mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= rs.integers(8, 20) ** 2
-        img = np.where(mask, 60.0, 6.0) + rs.normal(0, 1.5, mask.shape)
+            mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= rs.integers(*radius) ** 2
+        img = np.where(mask, levels[1], levels[0]) + rs.normal(0, noise(i), mask.shape)
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(
             root / "images" / f"img{i:02d}.png"
         )
