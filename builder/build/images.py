@@ -238,10 +238,12 @@ class ConfigImages:
             out[rid] = float(native_snr(x, m, self._native_fit(rid))[0])
         return out
 
-    def _real_tile(self, rid: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(image float64, mask bool), ``(1, 1, H, W)``, of one real tile (cached)."""
+    def _real_tile(self, rid: str, item: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image float64, mask bool), ``(1, 1, H, W)``, of one real tile (cached; read from
+        the source only when no loaded ``item`` is given)."""
         if rid not in self._real_cache:
-            (item,) = self.source.load([rid])
+            if item is None:
+                (item,) = self.source.load([rid])
             x = torch.from_numpy(item.image.astype(np.float64))[None, None]
             m = torch.from_numpy(np.asarray(item.mask) != 0)[None, None]
             self._real_cache[rid] = (x, m)
@@ -273,7 +275,7 @@ class ConfigImages:
         purpose = "real-noise" if spec.family == "real_snr" else "real-blur-noise"
         images = []
         for i, rid in enumerate(ids):
-            x, m = self._real_tile(rid)
+            x, m = self._real_tile(rid, items[i])
             fit = self._native_fit(rid)
             snr_native = float(real.native_snr(x, m, fit)[0])
             values: dict[str, Any] = {

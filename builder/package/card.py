@@ -342,6 +342,8 @@ def render_card(
         "native_snr": _native_snr(manifest),
     }
     text = TEMPLATE.read_text()
+    if not values["native_snr"]:  # no real tiles: no section, no blank lines
+        text = text.replace("{{native_snr}}\n\n", "")
     for key, value in values.items():
         text = text.replace("{{" + key + "}}", value)
     return text

@@ -105,8 +105,4 @@ def row_features(config: str) -> Features:
 
 def empty_params() -> dict[str, Any]:
     """A params record with every field null, to be filled per split."""
-    out: dict[str, Any] = {k: None for k in PARAMS_FEATURES}
-    out["psf"] = None
-    out["attack"] = None
-    out["real"] = None
-    return out
+    return {k: None for k in PARAMS_FEATURES}
