@@ -46,6 +46,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "upload a verified package to the Hugging Face Hub (resumable, idempotent)",
         "builder.cli.publish",
     ),
+    "fidelity": (
+        "compare robustness on synthetic and on real degraded images, per renderer",
+        "builder.cli.fidelity",
+    ),
     "train-synthesizer": (
         "train the pix2pix mask-to-image generator and its denoiser on real pairs",
         "builder.cli.synthesizer",

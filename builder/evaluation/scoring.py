@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +56,7 @@ def parse_attacks(items: list[str] | None) -> list[tuple[str, float]]:
     return out
 
 
-def evaluate_split(
+def _predictions(
     data: str,
     config: str,
     split: str,
@@ -66,20 +66,18 @@ def evaluate_split(
     device: torch.device,
     batch_size: int = 16,
     attack: tuple[str, float] | None = None,
-    progress: Callable[[int], object] | None = None,
-) -> dict[str, float | int]:
-    """Scores of one split (streamed), optionally under a white-box attack on ``model``."""
+) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor]]:
+    """``(ids, predicted foreground, true foreground)`` per batch of a streamed split (bool
+    ``(B, 1, H, W)`` on the CPU), optionally under a white-box attack on ``model``."""
     import torch
 
     import fluorobench_c
-    from synthesis.metrics import SegmentationScores
     from synthesis.rng import derive_seed
 
     ds = fluorobench_c.load(data, config, split)
     loader = torch.utils.data.DataLoader(
         ds, batch_size=batch_size, collate_fn=fluorobench_c.collate
     )
-    scores = SegmentationScores()
     for batch in loader:
         image = batch["image"].to(device)
         mask = batch["mask"].to(device) != 0
@@ -100,10 +98,55 @@ def evaluate_split(
                 seeds=seeds.to(device),
                 preprocess=preprocess,
             ).adu.float()
-        scores.update(predict(model, preprocess(image)).cpu(), mask.cpu())
+        yield list(batch["id"]), predict(model, preprocess(image)).cpu(), mask.cpu()
+
+
+def evaluate_split(
+    data: str,
+    config: str,
+    split: str,
+    model: nn.Module,
+    preprocess: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    device: torch.device,
+    batch_size: int = 16,
+    attack: tuple[str, float] | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> dict[str, float | int]:
+    """Scores of one split (streamed), optionally under a white-box attack on ``model``."""
+    from synthesis.metrics import SegmentationScores
+
+    scores = SegmentationScores()
+    for ids, pred, mask in _predictions(
+        data, config, split, model, preprocess, device=device, batch_size=batch_size, attack=attack
+    ):
+        scores.update(pred, mask)
         if progress:
-            progress(len(batch["id"]))
+            progress(len(ids))
     return scores.compute()
+
+
+def per_image_counts(
+    data: str,
+    config: str,
+    split: str,
+    model: nn.Module,
+    preprocess: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    device: torch.device,
+    batch_size: int = 16,
+) -> dict[str, tuple[int, int, int, int]]:
+    """``id -> (intersection, union, predicted, true)`` pixel counts of the model's foreground
+    and the mask, per image of a streamed split: the counts from which the IoU, precision and
+    recall of any subset of ids are exact (the fidelity score compares splits on the ids
+    they share)."""
+    out: dict[str, tuple[int, int, int, int]] = {}
+    for ids, pred, mask in _predictions(
+        data, config, split, model, preprocess, device=device, batch_size=batch_size
+    ):
+        sums = [t.flatten(1).sum(1).tolist() for t in (pred & mask, pred | mask, pred, mask)]
+        out.update(zip(ids, zip(*sums, strict=True), strict=True))
+    return out
 
 
 def _family(split: str) -> tuple[str, float]:

@@ -56,6 +56,7 @@ from synthesis.groundtruth.sources.base import (
     Source,
     SourceError,
     assign_split,
+    stack_items,
     tile_origins,
 )
 from synthesis.groundtruth.sources.base import _all_items as _all_items
@@ -76,5 +77,6 @@ __all__ = [
     "SourceError",
     "assign_split",
     "open_source",
+    "stack_items",
     "tile_origins",
 ]

@@ -105,6 +105,26 @@ def tile_origins(height: int, width: int, tile: int = TILE) -> list[tuple[int, i
     return [(oy + i * tile, ox + j * tile) for i in range(ny) for j in range(nx)]
 
 
+def stack_items(items: list[Item]) -> tuple[Any, Any, Any]:
+    """The real tiles of ``items`` as tensors: ``(images float32 (N, 1, H, W) in grey
+    levels, masks bool, instance labels int32 or None when an item has none)``.
+
+    Raises:
+        ValueError: an item without a real image (procedural sources have none).
+    """
+    import torch
+
+    missing = [it.id for it in items if it.image is None]
+    if missing:
+        raise ValueError(f"items without a real image: {missing[:5]}")
+    x = torch.from_numpy(np.stack([it.image.astype(np.float32) for it in items]))[:, None]
+    m = torch.from_numpy(np.stack([np.asarray(it.mask) != 0 for it in items]))[:, None]
+    inst = None
+    if all(it.instances is not None for it in items):
+        inst = torch.from_numpy(np.stack([it.instances.astype(np.int32) for it in items]))[:, None]
+    return x, m, inst
+
+
 def _check_split(split: str) -> None:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}. Got {split!r}")
