@@ -128,6 +128,10 @@ RENDER_SETTINGS: dict[str, RenderSettings] = {
     # 30-70 % of its variance at the coarse scale (was 0.7-2 px, 5-30 %): on the held-out
     # test tiles that cut the synthetic-vs-real robustness gap from 6.2 / 3.3 / 1.7 to
     # 3.8 / 2.0 / 0.6 (noise / SIB / SVB) at the same real-image IoU (benchmarks/fidelity.py).
+    # Background and haze: fitted by code on the train tiles (synthesis/render/fit.py,
+    # benchmarks/fit_renderer.py; docs/definitions.md#renderer-fit): real backgrounds are
+    # mostly darker than the former 3-15 % but vary far more (bright diffuse regions), and
+    # nuclei carry a wider halo.
     "nucleus": RenderSettings(
         gamma_shape=(15.0, 40.0),
         gamma_scale=(15.0, 45.0),
@@ -137,10 +141,10 @@ RENDER_SETTINGS: dict[str, RenderSettings] = {
         instance_log_sd=(0.1, 0.45),
         rim_dimming=(0.1, 0.5),
         rim_sigma_px=(1.0, 3.0),
-        background_fraction=(0.03, 0.15),
-        background_variation=(0.1, 0.5),
+        background_fraction=(0.002, 0.03),
+        background_variation=(1.0, 2.0),
         background_sigma_px=(30.0, 60.0),
-        haze_fraction=(0.1, 0.4),
+        haze_fraction=(0.2, 0.6),
         haze_sigma_px=(8.0, 25.0),
         psf_sigma_px=(0.5, 1.1),
     ),
@@ -165,7 +169,11 @@ class RenderResult:
 
 
 def sample_render_params(
-    seeds: Tensor | int, structure: str, *, device: torch.device | str | None = None
+    seeds: Tensor | int,
+    structure: str,
+    *,
+    device: torch.device | str | None = None,
+    settings: RenderSettings | None = None,
 ) -> dict[str, Tensor]:
     """Draw the renderer parameters of each row, uniformly in the ranges of ``structure``.
 
@@ -173,6 +181,8 @@ def sample_render_params(
         seeds: ``(B,)`` int64 render seeds.
         structure: a key of :data:`RENDER_SETTINGS`.
         device: device of the returned tensors (default: that of ``seeds``).
+        settings: other ranges than ``RENDER_SETTINGS[structure]`` (a renderer fit tries
+            candidates with it, :mod:`synthesis.render.fit`).
 
     Returns:
         ``{name: (B,) float32}`` for every name of :data:`PARAM_NAMES`.
@@ -187,7 +197,7 @@ def sample_render_params(
     s = torch.as_tensor(seeds)
     s = check_seeds(s, s.reshape(-1).shape[0], device=device)
     u = rng.uniform(s, (len(PARAM_NAMES),), streams.RENDER_PARAMS)
-    table = asdict(RENDER_SETTINGS[structure])
+    table = asdict(RENDER_SETTINGS[structure] if settings is None else settings)
     out = {}
     for j, name in enumerate(PARAM_NAMES):
         lo, hi = table[name]
@@ -201,6 +211,7 @@ def render(
     structure: str,
     *,
     instances: Tensor | None = None,
+    settings: RenderSettings | None = None,
 ) -> RenderResult:
     """Render noise-free fluorescence images of the masks (sample, then apply).
 
@@ -210,6 +221,7 @@ def render(
         structure: ``"er"``, ``"mito"`` or ``"nucleus"``.
         instances: optional ``(B, 1, H, W)`` integer instance labels (0 = background); used
             for per-nucleus brightness.
+        settings: other ranges than ``RENDER_SETTINGS[structure]``.
 
     Returns:
         :class:`RenderResult` with ``image`` ``(B, 1, H, W)`` float32 and per-row ``params``.
@@ -223,7 +235,7 @@ def render(
         >>> out.image.shape, bool((out.image > 0).all())
         (torch.Size([2, 1, 64, 64]), True)
     """
-    params = sample_render_params(seeds, structure, device=_device_of(mask))
+    params = sample_render_params(seeds, structure, device=_device_of(mask), settings=settings)
     image = render_with_params(mask, seeds, params, instances=instances)
     rows = [
         {"renderer": "physics", "structure": structure}
