@@ -5,24 +5,40 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from builder.build.options import RENDERERS
 from builder.cli import common
 from synthesis.levels import CONFIGS
 
+if TYPE_CHECKING:
+    from builder.experiments.fidelity import FidelityOptions
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
     p = sub.add_parser(name, help=help_text, description=help_text)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_arguments(
+    p: argparse.ArgumentParser, *, source: Path | None = None, out: Path | None = None
+) -> None:
+    """The options of a fidelity run (also used by ``benchmarks/fidelity.py``, which gives
+    ``source`` and ``out`` defaults; here they are required)."""
     p.add_argument(
         "--source",
-        required=True,
+        type=Path,
+        required=source is None,
+        default=source,
         help="real images with masks: a BBBC038 stage1_train folder or zip, Luo pair lists, "
         "or a folder of images/ + masks/",
     )
     p.add_argument(
         "--out",
         type=Path,
-        required=True,
+        required=out is None,
+        default=out,
         help="folder for packages/, models/, fidelity.json, fidelity.md, fidelity.png "
         "(a rerun with the same settings resumes)",
     )
@@ -52,19 +68,14 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
     p.add_argument(
         "--overwrite", action="store_true", help="replace results made with other settings"
     )
-    p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from builder.experiments.fidelity import (
-        FidelityOptions,
-        fidelity,
-        fidelity_markdown,
-        write_fidelity_reports,
-    )
+def options(args: argparse.Namespace) -> FidelityOptions:
+    """The :class:`FidelityOptions` of parsed :func:`add_arguments` options."""
+    from builder.experiments.fidelity import FidelityOptions
 
-    opts = FidelityOptions(
-        source=args.source,
+    return FidelityOptions(
+        source=str(args.source),
         work=args.out,
         config=args.config,
         renderers=tuple(args.renderers),
@@ -78,7 +89,12 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         overwrite=args.overwrite,
     )
-    results = fidelity(opts, progress=common.progress)
+
+
+def run(args: argparse.Namespace) -> int:
+    from builder.experiments.fidelity import fidelity, fidelity_markdown, write_fidelity_reports
+
+    results = fidelity(options(args), progress=common.progress)
     paths = write_fidelity_reports(args.out, results)
     print(fidelity_markdown(results))
     print("written:", ", ".join(str(p) for p in paths))
