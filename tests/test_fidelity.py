@@ -76,7 +76,9 @@ def test_fidelity_writes_agreeing_reports(fidelity_run):
         for split, sc in res["splits"].items():
             assert 0 <= sc["precision"] <= 1 and 0 <= sc["recall"] <= 1, split
         assert res["splits"]["real"]["iou"] == pytest.approx(res["iou_real"])
-    assert 0 <= results["trained_on_real"]["iou_real"] <= 1
+    real = results["trained_on_real"]
+    assert 0 <= real["iou_real"] <= 1
+    assert real["splits"]["real_snr_8"]["iou"] == pytest.approx(real["iou_real_snr_8"])
     manifest = json.loads((out / "packages" / "naive" / "manifest.json").read_text())
     assert (
         results["native_snr"]["tiles"]

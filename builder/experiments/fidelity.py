@@ -186,6 +186,7 @@ def fidelity(opts: FidelityOptions, *, progress: ProgressFactory | None = None) 
             "val_iou": val_iou,
             "iou_real": iou(counts["real"]),
             "iou_real_snr_8": iou(counts["real_snr_8"]),
+            "splits": {s: split_scores(c) for s, c in counts.items()},
         }
     return results
 
