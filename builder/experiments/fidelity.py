@@ -41,7 +41,7 @@ from builder.build.reference import fit_reference, read_split
 from builder.evaluation.scoring import per_image_counts
 from synthesis.device import resolve_device
 from synthesis.errors import InputError, RefusedError
-from synthesis.files import atomic_write_bytes, sha256_file, temporary_name
+from synthesis.files import atomic_write_bytes, temporary_name
 from synthesis.normalize import zscore
 from synthesis.progress import ProgressFactory, no_progress
 
@@ -93,11 +93,13 @@ class FidelityOptions:
 
     def validate(self) -> None:
         """Raises :class:`InputError` for a source that does not exist or unknown renderers."""
-        if self.source == "procedural" or not Path(self.source).exists():
+        if self.source == "procedural":
             raise InputError(
-                f"{self.source}: fidelity needs a source with real images (a folder, "
-                "pair lists or BBBC038), not procedural masks"
+                "fidelity needs a source with real images (a folder, pair lists or BBBC038), "
+                "not procedural masks"
             )
+        if not Path(self.source).exists():
+            raise InputError(f"{self.source}: no such source (real images with masks)")
         unknown = [r for r in self.renderers if r not in RENDERERS]
         if unknown or not self.renderers:
             raise InputError(f"renderers must be among {', '.join(RENDERERS)}. Got {unknown}")
@@ -357,7 +359,7 @@ def fidelity_markdown(results: dict[str, Any]) -> str:
                 f"| {' '.join(_fmt(_at(data['real'], x), '.0f') for x in lv)} |"
             )
     shown = ("test", "snr_3", "snr_2", "real_snr_8", "real_snr_3", "real_snr_2", "real")
-    if any("splits" in res for res in results["renderers"].values()):
+    if results["renderers"]:
         lines += [
             "",
             "Precision / recall (aggregate over pixels) at the reference conditions and under "
@@ -367,7 +369,7 @@ def fidelity_markdown(results: dict[str, Any]) -> str:
             "|---|" + "---:|" * len(shown),
         ]
         for name, res in results["renderers"].items():
-            sp = res.get("splits", {})
+            sp = res["splits"]
             cells = [
                 f"{sp[s]['precision']:.2f} / {sp[s]['recall']:.2f}" if s in sp else "—"
                 for s in shown
@@ -482,7 +484,7 @@ def _trained(
     path = _model_path(opts, trained_on)
     if path.exists():
         model, meta = load_model(path, device=device)
-        logger.info("fidelity: reusing %s (sha256 %s)", path, sha256_file(path)[:12])
+        logger.info("fidelity: reusing %s", path)
         return model.eval(), float(meta["val_iou"])
     path.parent.mkdir(parents=True, exist_ok=True)
     model, saved = fit_reference(
@@ -505,11 +507,15 @@ def _real_tiles(
     """``split -> (images float32 (N, 1, H, W) grey levels, masks bool)`` of the source's
     real tiles (native noise): what the upper-bound U-Net trains on."""
 
+    opened: list[Any] = []  # the source, opened once (opening reads and checks every image)
+
     def load(split: str) -> tuple[torch.Tensor, torch.Tensor]:
         from synthesis.groundtruth.sources import open_source, stack_items
 
-        counts = {"train": opts.train, "validation": opts.validation, "test": opts.test}
-        src = open_source(str(opts.source), opts.config, seed=opts.seed, counts=counts)
+        if not opened:
+            counts = {"train": opts.train, "validation": opts.validation, "test": opts.test}
+            opened.append(open_source(str(opts.source), opts.config, seed=opts.seed, counts=counts))
+        src = opened[0]
         x, m, _ = stack_items(src.load(src.ids(split)))
         return x, m
 

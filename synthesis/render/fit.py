@@ -27,7 +27,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -199,13 +199,9 @@ def _render_statistics(
     batch: int,
 ) -> Tensor:
     parts: list[Tensor] = []
-    for lo in _starts(masks.shape[0], batch):
+    for lo in range(0, masks.shape[0], batch):
         sl = slice(lo, lo + batch)
         inst = None if instances is None else instances[sl]
         img = render(masks[sl], seeds[sl], structure, instances=inst, settings=settings).image
         parts.append(background_statistics(img, masks[sl]))
     return torch.cat(parts)
-
-
-def _starts(n: int, step: int) -> Iterable[int]:
-    return range(0, n, step)
