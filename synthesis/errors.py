@@ -13,6 +13,11 @@ class FluoroBenchError(Exception):
 
     exit_code: int = 1
 
+    def __init__(self, *args: object, collective: bool = False) -> None:
+        super().__init__(*args)
+        #: Raised alike by every rank of a multi-process job: only rank 0 reports it.
+        self.collective = collective
+
 
 class InputError(FluoroBenchError, ValueError):
     """A bad argument or input (a path, a name, a number out of range), found before any

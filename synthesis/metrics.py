@@ -209,8 +209,24 @@ class SegmentationScores:
         (0.5, 0.75, 2)
     """
 
+    #: The accumulators, in the order of :meth:`state`.
+    STATE = ("inter", "pred", "target", "iou_sum", "dice_sum", "images", "pixels")
+
     def __init__(self) -> None:
         self.reset()
+
+    def state(self) -> list[float]:
+        """The accumulators as numbers (counts are exact in float64 below 2**53): what
+        ranks that scored different splits sum (adding zeros leaves a value unchanged)."""
+        return [float(getattr(self, f"_{k}")) for k in self.STATE]
+
+    @classmethod
+    def from_state(cls, values: list[float]) -> SegmentationScores:
+        """The scores whose :meth:`state` is ``values``."""
+        scores = cls()
+        for k, v in zip(cls.STATE, values, strict=True):
+            setattr(scores, f"_{k}", v if k in ("iou_sum", "dice_sum") else int(v))
+        return scores
 
     def reset(self) -> None:
         """Forget everything accumulated so far."""

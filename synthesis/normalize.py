@@ -5,7 +5,8 @@ The per-image z-score is the authors' convention and the one the reference model
 ``z = (x - mean(x)) / max(std(x), 1e-6)`` over each image's pixels, with the *population*
 standard deviation (divide by N, ``correction=0``). The floor maps a constant image to zeros
 instead of NaN. A z-score is invariant to affine maps of the image, so a stored ADU image and
-its min-max scaled version (the attack space) give the model the same input.
+its min-max scaled version (the attack space) give the model the same input. Its sums are
+taken in a fixed order (:mod:`synthesis.stable`), so its bits do not depend on the thread count.
 Definition: ``docs/definitions.md#normalisation-and-scores``.
 """
 
@@ -50,10 +51,12 @@ def zscore(images: Tensor) -> Tensor:
         >>> zscore(torch.tensor([[[[100.0, 300.0]]]])).tolist()
         [[[[-1.0, 1.0]]]]
     """
+    from synthesis.stable import zscore_stable
+
     _check(images)
-    mean = images.mean(dim=(1, 2, 3), keepdim=True)
-    std = images.std(dim=(1, 2, 3), keepdim=True, correction=0)
-    return (images - mean) / std.clamp_min(STD_FLOOR)
+    # Fixed-order sums (forward and backward): one image's mean is otherwise split across
+    # threads, and a 1-thread worker and a 2-thread process would attack differently.
+    return zscore_stable(images, STD_FLOOR)
 
 
 def minmax(images: Tensor) -> Tensor:

@@ -132,10 +132,11 @@ def test_stronger_attacks_and_larger_budgets_lower_iou_more(net1, test_set):
         assert all(b <= a for a, b in zip(seq[:-1], seq[1:], strict=True)), (method, seq)
         assert scores[method, 16] < clean - 0.1
     # At a budget its 10 steps of 2 grey levels can span (2 eps <= 20), PGD is at least as
-    # strong as FGSM; so is I-FGSM with its smaller steps.
+    # strong as FGSM; so is I-FGSM with its smaller steps (within 0.001 IoU: at eps 4 its
+    # 5 steps of 1 level and FGSM's one step of 4 end within 2e-5 of each other here).
     for eps in (4, 8):
         assert scores["pgd", eps] <= scores["fgsm", eps]
-        assert scores["ifgsm", eps] <= scores["fgsm", eps]
+        assert scores["ifgsm", eps] <= scores["fgsm", eps] + 1e-3
 
 
 @pytest.mark.parametrize("method", ["segpgd", "cospgd", "pgd"])
@@ -278,13 +279,13 @@ def test_errors(net1, test_set):
         attack(net1, torch.stack([adu[0], torch.full_like(adu[1], 7)]), mask, **ok)
     with pytest.raises(ValueError, match=r"mask must have the image shape"):
         attack(net1, adu, mask[:1], **ok)
-    with pytest.raises(ValueError, match=r"\(B, 1, H, W\).*\(B, 2, H, W\).*Got \(2, 3, 32, 32\)"):
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\).*\(B, 2, H, W\).*Got \(\d+, 3, 32, 32\)"):
         attack(_Const(lambda z: z.repeat(1, 3, 1, 1)), adu, mask, **ok)
-    with pytest.raises(ValueError, match=r"match the input.*Got \(2, 1, 16, 16\)"):
+    with pytest.raises(ValueError, match=r"match the input.*Got \(\d+, 1, 16, 16\)"):
         attack(_Const(lambda z: z[..., ::2, ::2]), adu, mask, **ok)
     with pytest.raises(TypeError, match="Got tuple"):
         attack(_Const(lambda z: (z,)), adu, mask, **ok)
-    with pytest.raises(ValueError, match=r"segpgd weights the loss per pixel.*Got \(2,\)"):
+    with pytest.raises(ValueError, match=r"segpgd weights the loss per pixel.*Got \(\d+,\)"):
         attack(
             net1,
             adu,
@@ -294,7 +295,7 @@ def test_errors(net1, test_set):
             seeds=0,
             loss=lambda lg, m: pixel_loss(lg, m).flatten(1).mean(1),
         )
-    with pytest.raises(ValueError, match="leading batch dimension 2.*Got torch.Size"):
+    with pytest.raises(ValueError, match=r"leading batch dimension \d+.*Got torch.Size"):
         attack(net1, adu, mask, loss=lambda lg, m: pixel_loss(lg, m).sum(), **ok)
     with torch.inference_mode(), pytest.raises(RuntimeError, match="outside torch.inference_mode"):
         attack(net1, adu, mask, **ok)

@@ -23,9 +23,11 @@ The pipeline of :func:`attack`, for every image of a batch:
    is returned per image and is never above ``eps``.
 
 The model runs in eval mode (restored afterwards) and only input gradients are computed
-(``torch.autograd.grad``), so no parameter ``.grad`` is written. The loss is summed over
+(``torch.autograd.grad``, parameters frozen for the attack), so no parameter ``.grad`` is
+written. The loss is summed over
 pixels and images, never averaged over the batch: each image's gradient, hence its attack, does
-not depend on the other images of the batch.
+not depend on the other images of the batch. On CPU the images are attacked one at a time, so
+not even the rounding does (a convolution's bits change with the batch it runs in).
 
 Randomness: the PGD/SegPGD/CosPGD random start is uniform in ``[-eps, eps]``, drawn with
 :func:`synthesis.rng.uniform` from the per-row seeds on stream :data:`streams.ATTACK_START`,
@@ -38,7 +40,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +81,8 @@ _PROTOCOLS: dict[str, AttackProtocol] = {**ATTACKS, **SEGMENTATION_ATTACKS}
 #: Attack methods :func:`attack` runs.
 METHODS: tuple[str, ...] = tuple(_PROTOCOLS)
 _ADU_MAX = float(Camera().adc_max_adu)
+#: Methods whose objective is the same at every iteration, so runs may share gradients.
+_STEP_INDEPENDENT = ("fgsm", "ifgsm", "pgd")
 
 #: A pluggable attack loss: ``loss(logits (B, C, H, W), mask (B, 1, H, W) bool)`` returning
 #: per-pixel losses ``(B, 1, H, W)`` (required by SegPGD and CosPGD) or per-image ``(B,)``.
@@ -248,6 +253,33 @@ def _check_adu(adu: object) -> Tensor:
     return x
 
 
+@contextmanager
+def _attack_mode(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """``model`` set up for input gradients, restored afterwards: eval mode (each submodule's
+    own mode is put back: a model may hold frozen eval-mode parts), parameters without
+    ``requires_grad`` (a convolution then skips its weight gradient, which an attack never
+    uses), and on CPU channels-last weights (oneDNN's fast layout; 1.3x on the reference
+    U-Net). None of this changes a value: the gradients with respect to the input are the
+    same computation."""
+    modes = [(module, module.training) for module in model.modules()]
+    params = list(model.parameters())
+    grads = [p.requires_grad for p in params]
+    data = [p.data for p in params]
+    model.eval()
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        if device.type == "cpu":
+            model.to(memory_format=torch.channels_last)
+        yield model
+    finally:
+        for p, g, d in zip(params, grads, data, strict=True):
+            p.data = d
+            p.requires_grad_(g)
+        for module, mode in modes:
+            module.training = mode
+
+
 def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
     for tensor in model.parameters():
         return tensor.device
@@ -299,18 +331,64 @@ def attack(
             logits of the input's size, or a loss of the wrong shape.
         RuntimeError: called in ``torch.inference_mode`` (attacks need autograd).
     """
+    (result,) = attack_budgets(
+        model,
+        adu,
+        mask,
+        method=method,
+        budgets=[eps_grey],
+        seeds=None if seeds is None else [seeds],
+        loss=loss,
+        preprocess=preprocess,
+        step_grey=step_grey,
+        iterations=iterations,
+        random_init=random_init,
+    )
+    return result
+
+
+def attack_budgets(
+    model: nn.Module,
+    adu: Tensor,
+    mask: Tensor,
+    *,
+    method: str,
+    budgets: list[float],
+    seeds: list[Tensor | int] | None = None,
+    loss: AttackLoss | None = None,
+    preprocess: Callable[[Tensor], Tensor] = zscore,
+    step_grey: float | None = None,
+    iterations: int | None = None,
+    random_init: bool | None = None,
+) -> list[AttackResult]:
+    """:func:`attack` at several budgets of one method; the same bytes as one call each.
+
+    Without a random start, the runs share what they have in common instead of recomputing
+    it: every run's first gradient (at the unattacked image), and, for runs with the same
+    step ``a``, the iterates ``x_t`` with ``t a < eps`` of the smaller budget and the gradients
+    there (no projection has acted yet, so they are bit for bit those of the largest budget's
+    run). I-FGSM at 1, 2, 4, 8, 16 and 32 grey levels takes 43 gradients instead of 74; FGSM
+    at six budgets 1 instead of 6. ``seeds``: one per budget (methods with a random start).
+
+    Returns one :class:`AttackResult` per budget, in the order of ``budgets``.
+    """
     if method not in _PROTOCOLS:
         raise ValueError(f"method must be one of {METHODS}. Got {method!r}")
+    if not budgets:
+        raise ValueError("budgets must hold at least one eps_grey. Got none")
     protocol = _PROTOCOLS[method]
-    eps_grey = float(eps_grey)
-    if not math.isfinite(eps_grey) or eps_grey <= 0:
-        raise ValueError(f"eps_grey must be a finite number > 0. Got {eps_grey}")
-    step = protocol.step(eps_grey) if step_grey is None else float(step_grey)
-    if not math.isfinite(step) or step <= 0:
-        raise ValueError(f"step_grey must be a finite number > 0. Got {step_grey}")
-    n_iter = protocol.iterations(eps_grey) if iterations is None else iterations
-    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
-        raise ValueError(f"iterations must be an int >= 1. Got {iterations!r}")
+    runs = []
+    for i, eps_grey in enumerate(budgets):
+        eps_grey = float(eps_grey)
+        if not math.isfinite(eps_grey) or eps_grey <= 0:
+            raise ValueError(f"eps_grey must be a finite number > 0. Got {eps_grey}")
+        step = protocol.step(eps_grey) if step_grey is None else float(step_grey)
+        if not math.isfinite(step) or step <= 0:
+            raise ValueError(f"step_grey must be a finite number > 0. Got {step_grey}")
+        n_iter = protocol.iterations(eps_grey) if iterations is None else iterations
+        if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
+            raise ValueError(f"iterations must be an int >= 1. Got {iterations!r}")
+        runs.append((i, eps_grey, step, n_iter))
     start = protocol.random_start if random_init is None else bool(random_init)
     if torch.is_inference_mode_enabled():
         raise RuntimeError(
@@ -322,37 +400,159 @@ def attack(
     x_adu = _check_adu(adu).to(device)
     mask = check_mask(mask, x_adu, require_foreground=False)
     b, _, h, w = x_adu.shape
+    checked_seeds: list[Tensor | None] = [None] * len(budgets)
     if start:
-        if seeds is None:
+        if seeds is None or seeds[0] is None or len(seeds) != len(budgets):
             raise ValueError(
                 f"{method} starts at a random point: pass seeds of shape ({b},). Got None"
             )
-        seeds = check_seeds(seeds, b, device)
-    x0, lo, hi = minmax(x_adu)
-    eps = eps_grey / GREY_LEVELS
-    alpha = step / GREY_LEVELS
+        checked_seeds = [check_seeds(s, b, device) for s in seeds]
+    x0, lo, hi = minmax(x_adu)  # checks the whole batch (a constant image is named by index)
+    if device.type == "cpu" and b > 1:
+        # One image at a time on CPU: a convolution's bits depend on the batch it runs in,
+        # and batch 1 is also faster here (1.8x for 16 images of 256 x 256: cache-resident).
+        parts = [
+            attack_budgets(
+                model,
+                x_adu[i : i + 1],
+                mask[i : i + 1],
+                method=method,
+                budgets=budgets,
+                seeds=[s[i : i + 1] for s in checked_seeds] if start else None,
+                loss=loss,
+                preprocess=preprocess,
+                step_grey=step_grey,
+                iterations=iterations,
+                random_init=random_init,
+            )
+            for i in range(b)
+        ]
+        return [_concat([p[k] for p in parts], out_device) for k in range(len(budgets))]
     loss_fn = pixel_loss if loss is None else loss
+    channels = [0]
 
-    # Each submodule's own mode is restored afterwards (a model may hold frozen eval-mode parts).
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    n_channels = 0
-    try:
-        with torch.enable_grad():
-            delta = random_start(seeds, (1, h, w), eps).to(device) if start else 0.0
-            x = (x0 + delta).clamp(0.0, 1.0)
-            for t in range(n_iter):
-                x = x.detach().requires_grad_(True)
-                logits = check_logits(model(preprocess(x)), x, "model output")
-                n_channels = logits.shape[1]
-                objective = _objective(method, logits, mask, loss_fn, t, n_iter)
-                (grad,) = torch.autograd.grad(objective, x)
-                x = x.detach() + alpha * grad.sign()
-                x = torch.minimum(torch.maximum(x, x0 - eps), x0 + eps).clamp(0.0, 1.0)
-    finally:
-        for module, mode in modes:
-            module.training = mode
+    def gradient(x: Tensor, t: int, n_iter: int) -> Tensor:
+        x = x.detach().requires_grad_(True)
+        logits = check_logits(fast(preprocess(x)), x, "model output")
+        channels[0] = logits.shape[1]
+        objective = _objective(method, logits, mask, loss_fn, t, n_iter)
+        (grad,) = torch.autograd.grad(objective, x)
+        return grad
 
+    def ascend(
+        x: Tensor,
+        t0: int,
+        n_iter: int,
+        eps: float,
+        alpha: float,
+        keep: set[int],
+        given: Tensor | None = None,
+    ) -> Tensor:
+        for t in range(t0, n_iter):
+            grad = given if (t == t0 and given is not None) else gradient(x, t, n_iter)
+            if t in keep:
+                saved[(alpha, t)] = (x, grad)
+            x = x.detach() + alpha * grad.sign()
+            x = torch.minimum(torch.maximum(x, x0 - eps), x0 + eps).clamp(0.0, 1.0)
+        return x
+
+    finals: dict[int, Tensor] = {}
+    saved: dict[tuple[float, int], tuple[Tensor, Tensor | None]] = {}
+    with _attack_mode(model, device) as fast, torch.enable_grad():
+        if start:
+            for i, eps_grey, step, n_iter in runs:
+                eps = eps_grey / GREY_LEVELS
+                delta = random_start(checked_seeds[i], (1, h, w), eps).to(device)
+                finals[i] = ascend(
+                    (x0 + delta).clamp(0.0, 1.0), 0, n_iter, eps, step / GREY_LEVELS, set()
+                )
+        elif method not in _STEP_INDEPENDENT:  # the objective changes with t: nothing shared
+            for i, eps_grey, step, n_iter in runs:
+                x = (x0 + 0.0).clamp(0.0, 1.0)
+                finals[i] = ascend(x, 0, n_iter, eps_grey / GREY_LEVELS, step / GREY_LEVELS, set())
+        else:
+            x = (x0 + 0.0).clamp(0.0, 1.0)
+            first = gradient(x, 0, runs[0][3])
+            # Largest budget first; a smaller one with the same step resumes from the last
+            # iterate no projection has touched, t * step < eps (a margin of a whole step),
+            # with the gradient there.
+            for i, eps_grey, step, n_iter in sorted(runs, key=lambda r: -r[1]):
+                alpha = step / GREY_LEVELS
+                keep = {
+                    min(math.ceil(r[1] / step) - 1, r[3])
+                    for r in runs
+                    if r[2] == step and r[1] < eps_grey
+                }
+                resume = min(math.ceil(eps_grey / step) - 1, n_iter)
+                t0, x_start, given = (
+                    (resume, *saved[(alpha, resume)]) if (alpha, resume) in saved else (0, x, first)
+                )
+                finals[i] = ascend(x_start, t0, n_iter, eps_grey / GREY_LEVELS, alpha, keep, given)
+                if n_iter in keep:
+                    saved[(alpha, n_iter)] = (finals[i], None)
+    results = []
+    for i, eps_grey, step, n_iter in runs:
+        results.append(
+            _finish(
+                finals[i],
+                x_adu,
+                lo,
+                hi,
+                eps_grey,
+                step,
+                n_iter,
+                start,
+                method,
+                loss,
+                channels[0],
+                out_device,
+            )
+        )
+    return results
+
+
+def _concat(parts: list[AttackResult], device: torch.device) -> AttackResult:
+    """One result of a batch from the results of its images (same settings)."""
+    return AttackResult(
+        **{
+            name: torch.cat([getattr(p, name) for p in parts]).to(device)
+            for name in ("adu", "linf_grey", "eps_adu", "lo_adu", "hi_adu")
+        },
+        params=parts[0].params,
+    )
+
+
+def gradients_needed(method: str, budgets: list[float]) -> int:
+    """Gradient evaluations per image of :func:`attack_budgets` at ``budgets`` with the
+    method's protocol (the sharing rules of its docstring); for cost estimates."""
+    protocol = _PROTOCOLS[method]
+    runs = [(float(e), protocol.step(e), protocol.iterations(e)) for e in budgets]
+    if protocol.random_start or method not in _STEP_INDEPENDENT:
+        return sum(n for _, _, n in runs)
+    total = 1  # the first gradient, shared by every run
+    for eps, step, n_iter in runs:
+        if any(s == step and e > eps for e, s, _ in runs):
+            resume = min(math.ceil(eps / step) - 1, n_iter)
+            total += max(n_iter - resume - 1, 0)
+        else:
+            total += n_iter - 1
+    return total
+
+
+def _finish(
+    x: Tensor,
+    x_adu: Tensor,
+    lo: Tensor,
+    hi: Tensor,
+    eps_grey: float,
+    step: float,
+    n_iter: int,
+    start: bool,
+    method: str,
+    loss: AttackLoss | None,
+    n_channels: int,
+    out_device: torch.device,
+) -> AttackResult:
     # Back to ADU, rounded; the budget is enforced on the integer perturbation (float64 so the
     # realised L-inf below is computed with the same monotone arithmetic as the bound).
     lo64, hi64 = lo.double(), hi.double()
