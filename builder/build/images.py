@@ -70,6 +70,7 @@ class ConfigImages:
         self._clean_cache: dict[str, Any] = {}
         self._real_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._fit_cache: dict[str, Any] = {}
+        self._attacks: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
         self.reference_model = reference_model
         self.renderer = self._make_renderer()
 
@@ -315,20 +316,44 @@ class ConfigImages:
     def _attack(
         self, spec: SplitSpec, ids: list[str], adu: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-        from synthesis.corruptions.attacks import attack
+        """Attacked images and attack records of ``ids`` in ``spec``. Every budget of the
+        split's method is attacked at once (:func:`attack_budgets` shares their common
+        gradient steps) and kept until its split asks for these ids: the build makes a
+        method's splits together (:func:`attack_group`)."""
+        from synthesis.corruptions.attacks import attack_budgets
 
         if self.reference_model is None:
             raise RuntimeError("attack splits need a reference_model provider")
-        model, sha = self.reference_model()
-        result = attack(
-            model,
-            adu,
-            mask,
-            method=spec.corruption,
-            eps_grey=spec.level,
-            seeds=self._seeds(ids, f"attack/{spec.name}"),
-        )
-        rows = [
+        key = (spec.corruption, tuple(ids))
+        if key not in self._attacks:
+            model, sha = self.reference_model()
+            group = self.attack_group(spec)
+            results = attack_budgets(
+                model,
+                adu,
+                mask,
+                method=spec.corruption,
+                budgets=[s.level for s in group],
+                seeds=[self._seeds(ids, f"attack/{s.name}") for s in group],
+            )
+            self._attacks[key] = {
+                s.name: (result.adu, self._attack_records(s, ids, result, sha))
+                for s, result in zip(group, results, strict=True)
+            }
+        made = self._attacks[key]
+        out = made.pop(spec.name)
+        if not made:
+            del self._attacks[key]
+        return out
+
+    def attack_group(self, spec: SplitSpec) -> list[SplitSpec]:
+        """The attack splits of this build with the method of ``spec``, in build order."""
+        return [s for s in self.specs if s.family == "attacks" and s.corruption == spec.corruption]
+
+    def _attack_records(
+        self, spec: SplitSpec, ids: list[str], result: Any, sha: str
+    ) -> list[dict[str, Any]]:
+        return [
             record(
                 {
                     **result.params,
@@ -340,4 +365,3 @@ class ConfigImages:
             )
             for i, rid in enumerate(ids)
         ]
-        return result.adu, rows

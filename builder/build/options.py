@@ -13,6 +13,7 @@ from builder.package.manifest import FORMAT_VERSION
 from builder.package.plan import BASE_SPLITS, resolve_splits
 from synthesis.corruptions.noise import NOISE_MODELS
 from synthesis.device import resolve_device
+from synthesis.distributed import RENDEZVOUS_TIMEOUT_S
 from synthesis.errors import InputError
 from synthesis.levels import CONFIGS
 from synthesis.progress import ProgressFactory
@@ -42,6 +43,8 @@ class BuildOptions:
     shard_size: int = 256
     train_epochs: int | None = None
     progress: ProgressFactory | None = None
+    #: Seconds a rank of a multi-process launch waits to reach the rendezvous.
+    rendezvous_timeout: float = RENDEZVOUS_TIMEOUT_S
 
     def validate(self) -> None:
         """Raise InputError with one clear line for any bad argument; touches no file."""
@@ -58,7 +61,9 @@ class BuildOptions:
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be >= 1. Got {self.batch_size}")
         if self.shard_size < 1:
-            raise InputError(f"--shard-size must be >= 1. Got {self.shard_size}")
+            raise InputError(f"--rows-per-shard must be >= 1. Got {self.shard_size}")
+        if not self.rendezvous_timeout > 0:
+            raise InputError(f"--rendezvous-timeout must be > 0. Got {self.rendezvous_timeout}")
         if self.seed < 0:
             raise InputError(f"--seed must be >= 0. Got {self.seed}")
         if self.renderer not in RENDERERS:

@@ -8,27 +8,33 @@ One build writes one Hub package folder::
     OUT/models/<config>-unet.safetensors (+ .md)   reference model, when attacks are built
     OUT/results/<config>.json, .md, -robustness.png   the reference model on every split
 
-This module is the only writer of the manifest. Reliability: shards are written under a
-temporary name and renamed when complete; the manifest is rewritten atomically after each
-shard; a re-run of the same command resumes, skipping shards whose file matches the
-manifest. The rows themselves come from :class:`builder.build.images.ConfigImages`.
+This module is the only writer of the manifest (rank 0 of a multi-process build). The work
+itself is a list of units (:mod:`builder.build.units`) shared out across the ranks of a
+``torchrun`` launch, or done in turn by one process; each unit's shards are written under a
+temporary name and renamed when complete, then recorded, so a re-run of the same command,
+at any world size, resumes and ends with the bytes of an uninterrupted one-process build.
+The rows themselves come from :class:`builder.build.images.ConfigImages`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from builder import __version__
-from builder.build.images import ConfigImages, batched
 from builder.build.options import BuildOptions
-from builder.build.reference import REFERENCE, fit_reference, model_path
+from builder.build.units import (
+    ConfigPlan,
+    assemble_manifest,
+    check_shared_folder,
+    clear_records,
+    run_units,
+)
 from builder.evaluation import evaluate, write_reports
 from builder.package.card import write_card
 from builder.package.manifest import (
@@ -39,12 +45,8 @@ from builder.package.manifest import (
     read_manifest,
     write_manifest,
 )
-from builder.package.plan import SplitSpec
-from builder.package.shards import shard_name, write_shard
+from synthesis import distributed
 from synthesis.device import resolve_device
-from synthesis.files import sha256_file
-from synthesis.progress import no_progress
-from synthesis.rng import derive_seed
 
 logger = logging.getLogger(__name__)
 
@@ -93,36 +95,84 @@ def _remove_partials(out: Path) -> None:
 def build(opts: BuildOptions) -> dict[str, Any]:
     """Build (or resume) the package in ``opts.out``; return the final manifest.
 
+    In one process, or in every rank of a ``torchrun`` launch (or ``--workers``): the ranks
+    share the work units (:mod:`builder.build.units`) through a dynamic queue and end with
+    the bytes of a one-process build.
+
     Raises:
         InputError: bad arguments (nothing is written).
         BuildError: the folder holds something else, or another build holds the lock.
+        LaunchError: a rank cannot reach the rendezvous, the ranks were given different
+            arguments, or ``OUT`` is not on a filesystem every rank sees (nothing written).
     """
     opts.validate()
     recipe = opts.recipe()
     device = resolve_device(opts.device)
-    with build_lock(opts.out):
-        manifest = _prepare_folder(opts, recipe)
-        if manifest.get("complete"):
-            logger.info("%s is already complete; nothing to do", opts.out)
-            return manifest
-        _remove_partials(opts.out)
-        manifest["complete"] = False
-        for config in recipe["configs"]:
-            _ConfigWriter(opts, config, manifest, device).run()
-        write_card(opts.out, manifest)  # load_dataset reads the card's YAML: needed below
-        for config in recipe["configs"]:
-            if "model" in manifest["configs"][config]:
-                _evaluate_reference(opts, config, device)
-        write_card(opts.out, manifest)
-        manifest["complete"] = True
-        write_manifest(opts.out, manifest)
+    with distributed.join(
+        device_type=device.type, timeout_s=opts.rendezvous_timeout, job="build"
+    ) as ctx:
+        if ctx.distributed and device.type == "cuda":
+            device = torch.device("cuda", ctx.local_rank)
+        ctx.agree("arguments", {**recipe, "out": str(opts.out), "device": opts.device})
+        check_shared_folder(ctx, opts.out)
+        lock = build_lock(opts.out) if ctx.is_main else contextlib.nullcontext()
+        with lock:
+            manifest = _start(ctx, opts, recipe)
+            if manifest.get("complete"):
+                logger.info("%s is already complete; nothing to do", opts.out)
+                return manifest
+            try:
+                plans = {c: ConfigPlan(opts, c, device) for c in recipe["configs"]}
+                run_units(ctx, opts, plans)
+                ctx.arrive("units")
+                if ctx.is_main:
+                    manifest = assemble_manifest(opts, recipe, plans)
+                    write_manifest(opts.out, manifest)
+                    write_card(opts.out, manifest)  # load_dataset reads its YAML: needed below
+                ctx.arrive("card")
+                for config in recipe["configs"]:
+                    if plans[config].trains:
+                        _evaluate_reference(ctx, opts, config, device)
+                if ctx.is_main:
+                    write_card(opts.out, manifest)
+                    manifest["complete"] = True
+                    write_manifest(opts.out, manifest)
+                    clear_records(opts.out)
+                ctx.arrive("done")
+            except BaseException as exc:
+                ctx.fail(f"rank {ctx.rank}: {type(exc).__name__}: {exc}")
+                raise
     logger.info("build complete: %s", opts.out)
+    return read_manifest(opts.out) or manifest
+
+
+def _start(ctx: distributed.Context, opts: BuildOptions, recipe: dict[str, Any]) -> dict[str, Any]:
+    """Rank 0 decides between a fresh build, a resume, a refusal or an overwrite and records
+    the recipe; every rank gets the manifest, or the same refusal."""
+    manifest: dict[str, Any] | None = None
+    error = None
+    if ctx.is_main:
+        try:
+            manifest = _prepare_folder(opts, recipe)
+            if not manifest.get("complete"):
+                _remove_partials(opts.out)
+                manifest["complete"] = False
+                manifest["configs"] = {}
+                write_manifest(opts.out, manifest)
+        except BuildError as exc:
+            error = str(exc)
+    error, manifest = ctx.broadcast((error, manifest))
+    if error is not None:
+        raise BuildError(error, collective=True)
+    assert manifest is not None
     return manifest
 
 
-def _evaluate_reference(opts: BuildOptions, config: str, device: torch.device) -> None:
-    """Score the shipped reference model on every split: ``results/<config>.json`` and
-    ``.md``, and ``results/<config>-robustness.png``."""
+def _evaluate_reference(
+    ctx: distributed.Context, opts: BuildOptions, config: str, device: torch.device
+) -> None:
+    """Score the shipped reference model on every split, the splits shared across ranks:
+    ``results/<config>.json`` and ``.md``, and ``results/<config>-robustness.png`` (rank 0)."""
     logger.info("evaluating the reference U-Net of %s on every split", config)
     results = evaluate(
         str(opts.out),
@@ -130,151 +180,8 @@ def _evaluate_reference(opts: BuildOptions, config: str, device: torch.device) -
         device=str(device),
         batch_size=opts.batch_size,
         progress=opts.progress,
+        ctx=ctx,
     )
-    results["data"] = "."  # the package itself, wherever it is moved
-    write_reports(opts.out / "results", results, stem=config)
-
-
-#: Bin edges of the native-SNR histogram: the benchmark's SNR levels, then wider bins.
-NATIVE_SNR_EDGES: tuple[float, ...] = (0, 1, 2, 3, 4, 5, 8, 12, 16, 24, 32, 48, 64, 128)
-
-
-def native_snr_summary(snr_by_id: dict[str, float]) -> dict[str, Any]:
-    """Where a source's real tiles lie on the SNR scale: count, quantiles and a histogram
-    over :data:`NATIVE_SNR_EDGES` (the last bin is open-ended)."""
-    values = sorted(v for v in snr_by_id.values() if math.isfinite(v))
-    edges = list(NATIVE_SNR_EDGES)
-    counts = [0] * len(edges)
-    for v in values:
-        counts[max(i for i, e in enumerate(edges) if v >= e)] += 1
-
-    def q(p: float) -> float | None:
-        if not values:
-            return None
-        return round(values[min(len(values) - 1, int(p * (len(values) - 1) + 0.5))], 3)
-
-    return {
-        "tiles": len(values),
-        "quantiles": {f"p{int(p * 100)}": q(p) for p in (0.05, 0.25, 0.5, 0.75, 0.95)},
-        "histogram": {"edges": edges, "counts": counts},
-    }
-
-
-class _ConfigWriter:
-    """Writes the splits of one config, shard by shard, recording each in the manifest."""
-
-    def __init__(
-        self, opts: BuildOptions, config: str, manifest: dict[str, Any], device: torch.device
-    ) -> None:
-        self.opts = opts
-        self.config = config
-        self.manifest = manifest
-        self.device = device
-        self._model: tuple[torch.nn.Module, str] | None = None
-        self.images = ConfigImages(opts, config, device, reference_model=self.reference_model)
-        entry = manifest["configs"].setdefault(config, {})
-        entry["features"] = self.images.features.to_dict()
-        entry["source"] = self.images.source.describe()
-        entry.setdefault("splits", {})
-
-    def run(self) -> None:
-        entry = self.manifest["configs"][self.config]
-        if any(spec.from_real_images for spec in self.images.specs):
-            test_ids = self.images.source.ids("test")
-            entry["native_snr"] = native_snr_summary(self.images.native_snr_of(test_ids))
-        for spec in self.images.specs:
-            if not self.images.source.ids(spec.base):
-                raise BuildError(
-                    f"source {self.opts.source} has no {spec.base} images for config {self.config}"
-                )
-            ids, skipped = self.images.split_ids(spec)
-            if not ids:  # no tile's own noise leaves room for this SNR
-                logger.warning("%s %s: no tile reaches it; split not built", self.config, spec.name)
-                entry.setdefault("not_built", {})[spec.name] = (
-                    f"no {spec.base} tile has a native SNR above {spec.level:g}"
-                )
-                continue
-            split_entry = {
-                "family": spec.family,
-                "corruption": spec.corruption,
-                "level": spec.level,
-                "num_rows": len(ids),
-            }
-            if skipped:
-                split_entry["skipped_below_target"] = skipped
-            if spec.alias_of:
-                split_entry["alias_of"] = spec.alias_of
-                entry["splits"][spec.name] = split_entry
-                continue
-            old = entry["splits"].get(spec.name, {}).get("shards", [])
-            split_entry["shards"] = self._write_split(spec, ids, old)
-            entry["splits"][spec.name] = split_entry
-            write_manifest(self.opts.out, self.manifest)
-        entry["skipped"] = dict(sorted(self.images.source.skipped.items()))
-        write_manifest(self.opts.out, self.manifest)
-
-    def _write_split(
-        self, spec: SplitSpec, ids: list[str], old: list[dict[str, Any]]
-    ) -> list[dict[str, Any]]:
-        size = self.opts.shard_size
-        count = max(1, math.ceil(len(ids) / size))
-        done = {s["path"]: s for s in old}
-        shards: list[dict[str, Any]] = []
-        bar = (self.opts.progress or no_progress)(len(ids), f"{self.config} {spec.name}")
-        try:
-            for index in range(count):
-                chunk = ids[index * size : (index + 1) * size]
-                rel = f"data/{self.config}/{shard_name(spec.name, index, count)}"
-                path = self.opts.out / rel
-                prior = done.get(rel)
-                if prior and path.exists() and sha256_file(path) == prior["sha256"]:
-                    shards.append(prior)
-                    bar.update(len(chunk))
-                    continue
-                rows: list[dict[str, Any]] = []
-                for batch in batched(chunk, self.opts.batch_size):
-                    rows += self.images.rows(spec, batch)
-                    bar.update(len(batch))
-                sha, nbytes = write_shard(path, rows, self.images.features)
-                shard = {"path": rel, "sha256": sha, "num_rows": len(rows), "num_bytes": nbytes}
-                shards.append(shard)
-                # Record each shard as soon as it exists, so a kill loses at most one shard.
-                split = self.manifest["configs"][self.config]["splits"].setdefault(spec.name, {})
-                split["shards"] = shards + old[len(shards) :]
-                write_manifest(self.opts.out, self.manifest)
-        finally:
-            bar.close()
-        return shards
-
-    def reference_model(self) -> tuple[torch.nn.Module, str]:
-        """The config's reference model and its sha256: the one this build already saved,
-        else trained on the ``train`` split (checkpointed on ``validation``) and recorded."""
-        if self._model is None:
-            from synthesis.models.unet import load_model
-
-            entry = self.manifest["configs"][self.config]
-            path = model_path(self.opts.out, self.config)
-            recorded = entry.get("model")
-            if recorded and path.exists() and sha256_file(path) == recorded["sha256"]:
-                model, _ = load_model(path, device=self.device)
-            else:
-                logger.info("training the reference U-Net of %s", self.config)
-                train = self.images.reference_images("train")
-                val = self.images.reference_images("validation")
-                seed = derive_seed(self.opts.seed, self.config, "reference-unet") % (2**31)
-                model, saved = fit_reference(
-                    *train,
-                    *val,
-                    path=path,
-                    config=self.config,
-                    seed=seed,
-                    device=self.device,
-                    epochs=self.opts.train_epochs,
-                    progress=self.opts.progress,
-                    extra={"seed": seed, "reference_settings": asdict(REFERENCE)},
-                )
-                entry["model"] = {"path": path.relative_to(self.opts.out).as_posix(), **saved}
-                write_manifest(self.opts.out, self.manifest)
-            model.eval()
-            self._model = (model, entry["model"]["sha256"])
-        return self._model
+    if ctx.is_main:
+        results["data"] = "."  # the package itself, wherever it is moved
+        write_reports(opts.out / "results", results, stem=config)

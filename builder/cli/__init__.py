@@ -14,7 +14,7 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 # torch's OpenMP threads spin while waiting by default: on a busy 2-core machine that made
 # 2 threads 5-10x slower than 1. Must be set before torch is imported.
@@ -93,8 +93,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for noisy in ("datasets", "huggingface_hub", "fsspec", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    return run_command(args.func, args)
+
+
+def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """``func(args)``, with the typed errors turned into one line on stderr and an exit code.
+
+    In a multi-process job an error every rank raised alike is reported by rank 0 only.
+    """
     try:
-        return int(args.func(args))
+        return int(func(args))
     except FluoroBenchError as exc:
-        print(f"fluorobench-c: error: {exc}", file=sys.stderr)
+        if not (exc.collective and int(os.environ.get("RANK", "0")) > 0):
+            print(f"fluorobench-c: error: {exc}", file=sys.stderr)
         return exc.exit_code

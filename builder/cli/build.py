@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from builder.build.options import RENDERERS
 from builder.build.reference import REFERENCE
-from builder.cli import common
+from builder.cli import common, launch
 from synthesis.levels import CONFIGS
 
 
@@ -34,7 +35,15 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
     common.add_seed(p)
     common.add_device(p)
     p.add_argument("--batch-size", type=common.counts, default=16, help="images per batch")
-    p.add_argument("--shard-size", type=common.counts, default=256, help="rows per Parquet shard")
+    p.add_argument(
+        "--rows-per-shard",
+        "--shard-size",
+        dest="shard_size",
+        type=common.counts,
+        default=256,
+        help="rows per Parquet shard (a shard is a unit of work: more shards, more parallelism)",
+    )
+    launch.add_arguments(p)
     p.add_argument(
         "--renderer",
         default="physics",
@@ -60,6 +69,10 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
 
 def run(args: argparse.Namespace) -> int:
     from builder.build import BuildOptions, build
+    from synthesis.distributed import launched
+
+    if args.workers > 1 and not launched():
+        return launch.spawn(run, args)  # rank 0 prints the summary
 
     opts = BuildOptions(
         out=args.out,
@@ -77,8 +90,11 @@ def run(args: argparse.Namespace) -> int:
         noise_model=args.noise_model,
         train_epochs=args.train_epochs,
         progress=common.progress,
+        rendezvous_timeout=args.rendezvous_timeout,
     )
     manifest = build(opts)
+    if int(os.environ.get("RANK", "0")) > 0:
+        return 0  # rank 0 reports
     for config, entry in manifest["configs"].items():
         rows = sum(s["num_rows"] for s in entry["splits"].values() if not s.get("alias_of"))
         skipped = entry.get("skipped") or {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from builder.cli import common
+from builder.cli import common, launch
 from builder.evaluation.scoring import WHITEBOX_METHODS
 from synthesis.levels import CONFIGS
 from synthesis.normalize import NORMALIZATIONS
@@ -46,24 +46,42 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
         required=True,
         help="folder for results.json, results.md, robustness.png",
     )
+    launch.add_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from builder.evaluation import evaluate, results_markdown, write_reports
     from builder.evaluation.scoring import parse_attacks
+    from synthesis import distributed
+    from synthesis.device import resolve_device
 
-    results = evaluate(
-        args.data,
-        args.config,
-        model=args.model,
-        splits=args.splits,
-        attacks=parse_attacks(args.attacks),
-        normalize=args.normalize,
-        device=args.device,
-        batch_size=args.batch_size,
-        progress=common.progress,
-    )
+    if args.workers > 1 and not distributed.launched():
+        return launch.spawn(run, args)  # rank 0 writes and prints the results
+    attacks = parse_attacks(args.attacks)
+    device = resolve_device(args.device)
+    with distributed.join(
+        device_type=device.type, timeout_s=args.rendezvous_timeout, job="evaluate"
+    ) as ctx:
+        if ctx.distributed and device.type == "cuda":
+            device = torch.device("cuda", ctx.local_rank)
+        ctx.agree("arguments", {k: str(v) for k, v in sorted(vars(args).items()) if k != "func"})
+        results = evaluate(
+            args.data,
+            args.config,
+            model=args.model,
+            splits=args.splits,
+            attacks=attacks,
+            normalize=args.normalize,
+            device=str(device),
+            batch_size=args.batch_size,
+            progress=common.progress,
+            ctx=ctx,
+        )
+    if not ctx.is_main:
+        return 0  # rank 0 writes and reports
     write_reports(args.out, results)
     print(results_markdown(results))
     print(f"results written to {args.out}")

@@ -23,12 +23,15 @@ from builder.evaluation.models import load_model_spec, make_preprocess, predict
 from builder.package.manifest import read_manifest
 from builder.package.plan import SPLITS
 from synthesis.device import resolve_device
+from synthesis.distributed import SOLO, Context
 from synthesis.errors import InputError
 from synthesis.progress import ProgressFactory, no_progress
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+    from synthesis.metrics import SegmentationScores
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +104,31 @@ def _predictions(
         yield list(batch["id"]), predict(model, preprocess(image)).cpu(), mask.cpu()
 
 
+def scoring_split(
+    data: str,
+    config: str,
+    split: str,
+    model: nn.Module,
+    preprocess: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    device: torch.device,
+    batch_size: int = 16,
+    attack: tuple[str, float] | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> SegmentationScores:
+    """The accumulated scores of one split (streamed), optionally under a white-box attack."""
+    from synthesis.metrics import SegmentationScores
+
+    scores = SegmentationScores()
+    for ids, pred, mask in _predictions(
+        data, config, split, model, preprocess, device=device, batch_size=batch_size, attack=attack
+    ):
+        scores.update(pred, mask)
+        if progress:
+            progress(len(ids))
+    return scores
+
+
 def evaluate_split(
     data: str,
     config: str,
@@ -114,16 +142,17 @@ def evaluate_split(
     progress: Callable[[int], object] | None = None,
 ) -> dict[str, float | int]:
     """Scores of one split (streamed), optionally under a white-box attack on ``model``."""
-    from synthesis.metrics import SegmentationScores
-
-    scores = SegmentationScores()
-    for ids, pred, mask in _predictions(
-        data, config, split, model, preprocess, device=device, batch_size=batch_size, attack=attack
-    ):
-        scores.update(pred, mask)
-        if progress:
-            progress(len(ids))
-    return scores.compute()
+    return scoring_split(
+        data,
+        config,
+        split,
+        model,
+        preprocess,
+        device=device,
+        batch_size=batch_size,
+        attack=attack,
+        progress=progress,
+    ).compute()
 
 
 def per_image_counts(
@@ -204,8 +233,10 @@ def evaluate(
     device: str | None = None,
     batch_size: int = 16,
     progress: ProgressFactory | None = None,
+    ctx: Context = SOLO,
 ) -> dict[str, Any]:
-    """Evaluate ``model`` on ``splits`` of a package; return the results dict."""
+    """Evaluate ``model`` on ``splits`` of a package; return the results dict (the same on
+    every rank of a multi-process ``ctx``)."""
 
     dev = resolve_device(device)
     have = available_splits(data, config)
@@ -219,12 +250,21 @@ def evaluate(
         wanted = ["test", *wanted]  # robustness needs the reference IoU
     info = load_model_spec(model, data, config, dev)
     preprocess = make_preprocess(normalize)
-    per_split: dict[str, dict[str, Any]] = {}
     jobs: list[tuple[str, str, tuple[str, float] | None]] = [(s, s, None) for s in wanted]
     jobs += [(f"whitebox_{m}_{e:g}", "test", (m, e)) for m, e in attacks or []]
-    for name, split, attack in jobs:
-        bar = (progress or no_progress)(None, f"{config} {name}")
-        per_split[name] = evaluate_split(
+    # Under torchrun each rank scores whole splits taken from a shared queue; the raw counts
+    # are then summed across ranks (zeros where a rank did not score a split), so every
+    # metric is exactly the one-process value.
+    import torch
+
+    from synthesis.metrics import SegmentationScores
+
+    counts = torch.zeros(len(jobs), len(SegmentationScores.STATE), dtype=torch.float64)
+    for index in ctx.queue(f"evaluate/{config}", len(jobs)):
+        name, split, attack = jobs[index]
+        factory = (progress if ctx.is_main else None) or no_progress
+        bar = factory(None, f"{config} {name}")
+        scores = scoring_split(
             data,
             config,
             split,
@@ -236,6 +276,13 @@ def evaluate(
             progress=bar.update,
         )
         bar.close()
+        counts[index] = torch.tensor(scores.state(), dtype=torch.float64)
+    if ctx.distributed:
+        reduce_on = dev if dev.type == "cuda" else torch.device("cpu")  # NCCL for CUDA tensors
+        counts = ctx.sum_(counts.to(reduce_on)).cpu()
+    per_split: dict[str, dict[str, Any]] = {}
+    for index, (name, _, _) in enumerate(jobs):
+        per_split[name] = SegmentationScores.from_state(counts[index].tolist()).compute()
         logger.info("%s %s: IoU %.4f", config, name, per_split[name]["iou"])
     families = summarise(per_split)
     return {
