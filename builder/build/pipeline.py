@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,7 @@ def _evaluate_reference(
     """Score the shipped reference model on every split, the splits shared across ranks:
     ``results/<config>.json`` and ``.md``, and ``results/<config>-robustness.png`` (rank 0)."""
     logger.info("evaluating the reference U-Net of %s on every split", config)
+    start = time.perf_counter()
     results = evaluate(
         str(opts.out),
         config,
@@ -181,6 +183,9 @@ def _evaluate_reference(
         batch_size=opts.batch_size,
         progress=opts.progress,
         ctx=ctx,
+    )
+    logger.info(
+        "rank %d: evaluation of %s done in %.2f s", ctx.rank, config, time.perf_counter() - start
     )
     if ctx.is_main:
         results["data"] = "."  # the package itself, wherever it is moved

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import shutil
+import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -320,7 +321,15 @@ def run_units(
         for index in ctx.queue("units", len(units)):
             unit = units[index]
             logger.info("rank %d: %s", ctx.rank, unit.name)
+            start = time.perf_counter()
             plans[unit.config].make(unit)
+            logger.info(
+                "rank %d: %s done in %.2f s (%d rows)",
+                ctx.rank,
+                unit.name,
+                time.perf_counter() - start,
+                len(unit.ids),
+            )
             mine.append(unit)
             bar.update(1)
     finally:
