@@ -65,6 +65,14 @@ class Context:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    def device(self, device: Any) -> Any:
+        """``device``, with a CUDA device made this rank's own (``cuda:LOCAL_RANK``)."""
+        import torch
+
+        if self.distributed and device.type == "cuda":
+            return torch.device("cuda", self.local_rank)
+        return device
+
     def key(self, name: str) -> str:
         return f"{self.prefix}{name}"
 
@@ -137,6 +145,17 @@ class Context:
         if int(self.store.add(self.key(f"arrive/{name}"), 1)) == self.world_size:
             self.set_key(f"all/{name}")
         self.wait_key(f"all/{name}")
+
+    def leave(self) -> None:
+        """The last call of a job: rank 0, which hosts the store, returns only once every
+        rank has arrived here, so no rank still polling finds the store gone."""
+        if not self.distributed:
+            return
+        key = self.key("left")
+        self.store.add(key, 1)
+        if self.is_main:
+            while int(self.store.add(key, 0)) < self.world_size:
+                time.sleep(_POLL_S / 5)
 
     def agree(self, what: str, values: dict[str, Any]) -> None:
         """Raise :class:`LaunchError` on every rank unless all ranks hold the same

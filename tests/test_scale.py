@@ -61,6 +61,7 @@ def test_two_processes_build_the_bytes_of_one(one_process: Path, tmp_path: Path)
     r = _cli("build", str(out), *ARGS, "--workers", "2", timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "rank 1 of 2 joined" in r.stderr
+    assert "Traceback" not in r.stderr  # every rank ends cleanly (rank 0 hosts the store)
     ref, got = _tree(one_process), _tree(out)
     assert any(p.startswith("data/er/pgd_1-") for p in ref)
     assert any(p.startswith("models/") for p in ref)
@@ -110,6 +111,7 @@ def test_two_process_evaluate_writes_the_results_of_one(one_process: Path, tmp_p
     assert r1.returncode == 0, r1.stderr[-3000:]
     r2 = _cli(*common, "--out", str(two), "--workers", "2", timeout=600)
     assert r2.returncode == 0, r2.stderr[-3000:]
+    assert "Traceback" not in r2.stderr
     a = json.loads((one / "results.json").read_text())
     b = json.loads((two / "results.json").read_text())
     assert a == b

@@ -112,8 +112,7 @@ def build(opts: BuildOptions) -> dict[str, Any]:
     with distributed.join(
         device_type=device.type, timeout_s=opts.rendezvous_timeout, job="build"
     ) as ctx:
-        if ctx.distributed and device.type == "cuda":
-            device = torch.device("cuda", ctx.local_rank)
+        device = ctx.device(device)
         ctx.agree("arguments", {**recipe, "out": str(opts.out), "device": opts.device})
         check_shared_folder(ctx, opts.out)
         lock = build_lock(opts.out) if ctx.is_main else contextlib.nullcontext()
@@ -139,7 +138,7 @@ def build(opts: BuildOptions) -> dict[str, Any]:
                     manifest["complete"] = True
                     write_manifest(opts.out, manifest)
                     clear_records(opts.out)
-                ctx.arrive("done")
+                ctx.leave()
             except BaseException as exc:
                 ctx.fail(f"rank {ctx.rank}: {type(exc).__name__}: {exc}")
                 raise

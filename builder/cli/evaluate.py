@@ -51,8 +51,6 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from builder.evaluation import evaluate, results_markdown, write_reports
     from builder.evaluation.scoring import parse_attacks
     from synthesis import distributed
@@ -65,8 +63,7 @@ def run(args: argparse.Namespace) -> int:
     with distributed.join(
         device_type=device.type, timeout_s=args.rendezvous_timeout, job="evaluate"
     ) as ctx:
-        if ctx.distributed and device.type == "cuda":
-            device = torch.device("cuda", ctx.local_rank)
+        device = ctx.device(device)
         ctx.agree("arguments", {k: str(v) for k, v in sorted(vars(args).items()) if k != "func"})
         results = evaluate(
             args.data,
@@ -80,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
             progress=common.progress,
             ctx=ctx,
         )
+        ctx.leave()
     if not ctx.is_main:
         return 0  # rank 0 writes and reports
     write_reports(args.out, results)

@@ -104,31 +104,6 @@ def _predictions(
         yield list(batch["id"]), predict(model, preprocess(image)).cpu(), mask.cpu()
 
 
-def scoring_split(
-    data: str,
-    config: str,
-    split: str,
-    model: nn.Module,
-    preprocess: Callable[[torch.Tensor], torch.Tensor],
-    *,
-    device: torch.device,
-    batch_size: int = 16,
-    attack: tuple[str, float] | None = None,
-    progress: Callable[[int], object] | None = None,
-) -> SegmentationScores:
-    """The accumulated scores of one split (streamed), optionally under a white-box attack."""
-    from synthesis.metrics import SegmentationScores
-
-    scores = SegmentationScores()
-    for ids, pred, mask in _predictions(
-        data, config, split, model, preprocess, device=device, batch_size=batch_size, attack=attack
-    ):
-        scores.update(pred, mask)
-        if progress:
-            progress(len(ids))
-    return scores
-
-
 def evaluate_split(
     data: str,
     config: str,
@@ -140,19 +115,19 @@ def evaluate_split(
     batch_size: int = 16,
     attack: tuple[str, float] | None = None,
     progress: Callable[[int], object] | None = None,
-) -> dict[str, float | int]:
-    """Scores of one split (streamed), optionally under a white-box attack on ``model``."""
-    return scoring_split(
-        data,
-        config,
-        split,
-        model,
-        preprocess,
-        device=device,
-        batch_size=batch_size,
-        attack=attack,
-        progress=progress,
-    ).compute()
+) -> SegmentationScores:
+    """The accumulated scores of one split (streamed), optionally under a white-box attack on
+    ``model``; ``.compute()`` gives IoU, Dice and counts."""
+    from synthesis.metrics import SegmentationScores
+
+    scores = SegmentationScores()
+    for ids, pred, mask in _predictions(
+        data, config, split, model, preprocess, device=device, batch_size=batch_size, attack=attack
+    ):
+        scores.update(pred, mask)
+        if progress:
+            progress(len(ids))
+    return scores
 
 
 def per_image_counts(
@@ -264,7 +239,7 @@ def evaluate(
         name, split, attack = jobs[index]
         factory = (progress if ctx.is_main else None) or no_progress
         bar = factory(None, f"{config} {name}")
-        scores = scoring_split(
+        scores = evaluate_split(
             data,
             config,
             split,

@@ -156,8 +156,11 @@ class UNet(nn.Module):
         skips.pop()
         for up, merge in zip(self.up, self.merge, strict=True):
             x = merge(torch.cat([skips.pop(), up(x)], dim=1))
+        return self._head(x)[..., :h, :w]
+
+    def _head(self, x: Tensor) -> Tensor:
         # The 1x1 head by fixed-order sums: oneDNN's gives other bits at other thread counts.
-        return pointwise_conv(x, self.head.weight, self.head.bias)[..., :h, :w]
+        return pointwise_conv(x, self.head.weight, self.head.bias)
 
 
 def init_weights(model: nn.Module, seed: int) -> nn.Module:
