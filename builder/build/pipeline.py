@@ -138,6 +138,7 @@ def build(opts: BuildOptions) -> dict[str, Any]:
                     manifest["complete"] = True
                     write_manifest(opts.out, manifest)
                     clear_records(opts.out)
+                ctx.arrive("written")  # every rank returns the final manifest
                 ctx.leave()
             except BaseException as exc:
                 ctx.fail(f"rank {ctx.rank}: {type(exc).__name__}: {exc}")

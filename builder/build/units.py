@@ -302,7 +302,7 @@ def plan_units(plans: dict[str, ConfigPlan]) -> list[Unit]:
     units = [u for p in plans.values() for u in p.units()]
     models = [u for u in units if u.kind == "model"]
     attacks = [u for u in units if u.kind == "shards" and u.label.endswith("-attacks")]
-    rest = [u for u in units if u not in models and u not in attacks]
+    rest = [u for u in units if u.kind == "shards" and not u.label.endswith("-attacks")]
     attacks.sort(key=lambda u: -u.cost)  # stable: plan order among equal costs
     return models + rest + attacks
 
