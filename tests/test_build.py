@@ -219,6 +219,35 @@ def test_a_second_concurrent_build_is_refused(tmp_path: Path, capsys):
     assert "another fluorobench-c build" in capsys.readouterr().err
 
 
+def test_the_lock_of_a_killed_build_is_released(tmp_path: Path):
+    """A holder killed by SIGKILL leaves no stale lock (filelock's OS lock dies with it)."""
+    import signal
+    import subprocess
+    import sys
+
+    from builder.package.manifest import LOCK, BuildError
+
+    out = tmp_path / "pkg"
+    code = (
+        "import sys, time; from pathlib import Path; "
+        "from builder.package.manifest import build_lock\n"
+        "with build_lock(Path(sys.argv[1])):\n"
+        "    print('held', flush=True); time.sleep(120)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"held"
+        with pytest.raises(BuildError, match="another fluorobench-c build"):
+            with build_lock(out):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    with build_lock(out):  # the kernel released it: taken at once
+        assert (out / LOCK).exists()
+    assert not (out / LOCK).exists()
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

@@ -279,7 +279,7 @@ def test_no_token_rejected_token_and_network_down(package: Path, hub: LoopbackHu
 def test_malformed_repo_id_exit_2(package: Path, repo_id: str, capsys):
     assert main(["publish", str(package), f"--repo-id={repo_id}"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "--repo-id must be ORG/NAME" in err and f"Got {repo_id!r}" in err
+    assert "--repo-id" in err and repr(repo_id) in err  # huggingface_hub's rule, named
     assert len(err.splitlines()) == 1
 
 

@@ -42,7 +42,7 @@ from synthesis.levels import (
 
 logger = logging.getLogger(__name__)
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "dataset_card.md"
+TEMPLATE = Path(__file__).resolve().with_name("dataset_card.md")
 
 
 def card_metadata(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -8,10 +8,7 @@ so an interrupted-then-resumed build ends with exactly the manifest of an uninte
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,27 +83,24 @@ def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
 def build_lock(out: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``out`` for the duration of a build.
 
-    ``flock`` is released by the kernel when the holder dies (even by SIGKILL), so a killed
-    build never leaves a stale lock behind; a second concurrent build is refused.
+    ``filelock`` takes an OS lock (``flock`` on POSIX, ``msvcrt.locking`` on Windows) that is
+    released by the kernel when the holder dies (even by SIGKILL), so a killed build never
+    leaves a stale lock behind; a second concurrent build is refused at once.
     """
+    from filelock import FileLock, Timeout
+
     out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = FileLock(path, timeout=0, thread_local=False)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise BuildError(
-                    f"{out}: another fluorobench-c build is running in this folder (lock {path})"
-                ) from exc
-            raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        try:
-            yield
-        finally:
-            # Removed while still held, so a refused or finished build leaves nothing behind.
-            path.unlink(missing_ok=True)
+        lock.acquire()
+    except Timeout as exc:
+        raise BuildError(
+            f"{out}: another fluorobench-c build is running in this folder (lock {path})"
+        ) from exc
+    try:
+        yield
     finally:
-        os.close(fd)
+        # Removed while still held, so a refused or finished build leaves nothing behind.
+        path.unlink(missing_ok=True)
+        lock.release()

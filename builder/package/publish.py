@@ -54,7 +54,6 @@ LAST_FILES: tuple[str, ...] = ("manifest.json", "README.md")
 HUB_FILES: tuple[str, ...] = (".gitattributes",)
 DEFAULT_FILES_PER_COMMIT = 100
 DEFAULT_BYTES_PER_COMMIT = 4 << 30
-_NAME_PART = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
 _BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
 
 
@@ -70,21 +69,23 @@ class PublishRefused(PublishError, RefusedError):
 
 
 # --------------------------------------------------------------------------- checks
-def check_repo_id(repo_id: str) -> str:
-    """Return ``repo_id`` if it is a valid ``ORG/NAME`` Hub dataset id.
+def check_repo_id(repo_id: str, option: str = "--repo-id") -> str:
+    """Return ``repo_id`` if it is a valid ``ORG/NAME`` Hub repo id.
+
+    The rules are the Hub's own (``huggingface_hub.utils.validate_repo_id``); the id must
+    also name its owner (a package is never published to an implicit namespace).
 
     Raises:
-        ValueError: not two parts, forbidden characters, ``--`` or ``..``, or too long.
+        InputError: not two parts, or a part the Hub refuses (the message says which rule).
     """
-    rule = (
-        "--repo-id must be ORG/NAME: letters, digits, '-', '_' or '.', starting and ending "
-        "with a letter or digit, no '--' or '..', at most 96 characters per part"
-    )
-    parts = repo_id.split("/")
-    if len(parts) != 2 or not all(_NAME_PART.match(p) for p in parts):
-        raise InputError(f"{rule}. Got {repo_id!r}")
-    if "--" in repo_id or ".." in repo_id or repo_id.endswith(".git"):
-        raise InputError(f"{rule} (nor end with .git). Got {repo_id!r}")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+        raise InputError(f"{option} must be ORG/NAME (owner and name). Got {repo_id!r}")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise InputError(f"{option} {repo_id!r} is not a valid Hub repo id: {exc}") from None
     return repo_id
 
 

@@ -8,7 +8,6 @@ pair across the splits made from the same base images. Every problem names its f
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import yaml
 from datasets import Features
+from huggingface_hub import DatasetCard
 
 from builder.package.card import card_metadata
 from builder.package.manifest import MANIFEST, BuildError, read_manifest
@@ -34,11 +34,17 @@ class Problem:
 
 
 def read_card_yaml(path: Path) -> dict[str, Any]:
+    """The YAML front matter of the card ``path``, parsed by ``huggingface_hub.repocard``.
+
+    Raises:
+        ValueError: no front matter, or front matter that is not a YAML mapping.
+    """
+    from huggingface_hub.repocard import REGEX_YAML_BLOCK
+
     text = path.read_text()
-    m = re.match(r"^---\n(.*?)\n---\n", text, flags=re.S)
-    if not m:
+    if not REGEX_YAML_BLOCK.search(text):
         raise ValueError("no YAML front matter (--- ... ---) at the top")
-    return yaml.safe_load(m.group(1)) or {}
+    return DatasetCard(text).data.to_dict()
 
 
 def verify(out: Path, *, load: bool = True) -> list[Problem]:
