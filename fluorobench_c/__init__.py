@@ -38,6 +38,9 @@ from synthesis.normalize import NORMALIZATIONS, normalize
 __all__ = ["CONFIGS", "Collate", "FluoroBenchC", "FluoroBenchCConfig", "collate", "load"]
 
 NAME = "fluorobench-c"
+#: What a model needs from a row: ``columns=MODEL_COLUMNS`` skips the viewer's ``preview``
+#: and the nested ``params`` (nothing to decode that a model does not read).
+MODEL_COLUMNS: tuple[str, ...] = ("id", "image", "mask")
 
 
 def _is_local(path: str | os.PathLike[str]) -> bool:

@@ -808,7 +808,7 @@ def row_digest(row: dict[str, Any]) -> dict[str, Any]:
     """A JSON-able summary of a row that changes if any value of the row changes."""
     out: dict[str, Any] = {}
     for k, v in sorted(row.items()):
-        if k in ("image", "mask", "instances"):
+        if k in ("image", "preview", "mask", "instances"):
             out[k] = None if v is None else _digest(v)
         else:
             out[k] = json.loads(json.dumps(v, sort_keys=True, default=str))
@@ -851,7 +851,7 @@ def _load_main(argv: list[str] | None = None) -> None:
         dd = datasets.load_dataset(args.repo, config, cache_dir=args.cache, revision=args.revision)
         result["full"][config] = {}
         for split, ds in dd.items():
-            for col in ("image", "mask", "instances"):
+            for col in ("image", "preview", "mask", "instances"):
                 if col in ds.features:
                     ds = ds.cast_column(col, Image(decode=False))
             result["full"][config][split] = [row_digest(r) for r in ds]

@@ -127,7 +127,7 @@ def _local_rows(out: Path, config: str, split: str, *, decode: bool) -> list[dic
         rows += pq.read_table(out / rel).to_pylist()
     if decode:
         for r in rows:
-            for k in ("image", "mask", "instances"):
+            for k in ("image", "preview", "mask", "instances"):
                 if r.get(k) is not None:
                     r[k] = np.asarray(Image.open(io.BytesIO(r[k]["bytes"])))
     return [row_digest(r) for r in rows]
@@ -471,3 +471,107 @@ def test_sample_grid_of_a_full_build_stays_small(package: Path):
         assert any(
             height == _TITLE_PX + rows * (t + _CAPTION_PX + _GAP_PX) + _GAP_PX for t in TILE_SIZES
         )
+
+
+def test_models_repo_round_trip_from_pretrained_and_eval_results(
+    package: Path, hub: LoopbackHub, tmp_path: Path
+):
+    """``publish --models-repo``: each U-Net becomes a model repo that ``UNet.from_pretrained``
+    and ``evaluate --model ORG/NAME-mito`` load, with a model card and ``.eval_results/``."""
+    import torch
+    import yaml
+    from huggingface_hub import ModelCard, parse_eval_result_entries
+
+    from synthesis.models.unet import UNet, save_model
+
+    pkg = tmp_path / "pkg"
+    shutil.copytree(package, pkg)
+    weights = pkg / "models" / "mito-unet.safetensors"
+    save_model(UNet(base_channels=4, depth=2, seed=1), weights, metadata={"note": "test"})
+    local = [
+        *("evaluate", "--data", str(pkg), "--config", "mito", "--model", str(weights)),
+        *("--splits", "test", "snr_2", "--device", "cpu"),
+    ]
+    assert main([*local, "--out", str(tmp_path / "local")]) == 0
+    assert not (tmp_path / "local" / ".eval_results").exists()  # no benchmark id: none
+    expected = json.loads((tmp_path / "local" / "results.json").read_text())
+    (pkg / "results").mkdir(exist_ok=True)
+    shutil.copy(tmp_path / "local" / "results.json", pkg / "results" / "mito.json")
+
+    models = "fluorobench/unet"
+    args = ["publish", str(pkg), "--repo-id", REPO, "--no-load", "--models-repo", models]
+    r = _run(hub, tmp_path / "home", args, full_cli=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f'UNet.from_pretrained("{models}-mito")' in r.stdout
+    remote = hub.state.files(f"{models}-mito", repo_type="model")
+    assert remote["model.safetensors"] == weights.read_bytes()  # the attacked model, as is
+    assert json.loads(remote["config.json"]) == {
+        "base_channels": 4,
+        "depth": 2,
+        "in_channels": 1,
+        "out_channels": 1,
+    }
+    card = ModelCard(remote["README.md"].decode())
+    assert card.data.library_name == "fluorobench-c" and card.data.datasets == [REPO]
+    assert card.data.pipeline_tag == "image-segmentation" and "iou" in card.data.metrics
+    entries = parse_eval_result_entries(
+        yaml.safe_load(remote[".eval_results/fluorobench-c-mito.yaml"])
+    )
+    by_task = {e.task_id: e for e in entries}
+    assert set(by_task) == {"mito-test", "mito-snr_2"} and all(
+        e.dataset_id == REPO for e in entries
+    )
+    assert by_task["mito-snr_2"].value == round(100 * expected["splits"]["snr_2"]["iou"], 2)
+
+    # evaluate --model with the Hub model id, in a fresh process talking to the hub only
+    out = tmp_path / "hub-eval"
+    r = _run(
+        hub,
+        tmp_path / "reader",
+        [*local[:6], f"{models}-mito", *local[7:], "--out", str(out), "--benchmark-id", REPO],
+        token=None,
+        full_cli=True,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads((out / "results.json").read_text())
+    assert got["model"]["sha256"] == expected["model"]["sha256"]
+    for split in ("test", "snr_2"):
+        assert got["splits"][split]["iou"] == expected["splits"][split]["iou"]
+    written = yaml.safe_load((out / ".eval_results" / "fluorobench-c-mito.yaml").read_text())
+    assert written == yaml.safe_load(remote[".eval_results/fluorobench-c-mito.yaml"])
+
+    # a local folder in the same layout loads with from_pretrained too
+    from builder.package.models import write_model_folder
+
+    folder = write_model_folder(
+        pkg,
+        json.loads((pkg / "manifest.json").read_text()),
+        "mito",
+        tmp_path / "m",
+        dataset_repo=REPO,
+    )
+    net = UNet.from_pretrained(folder, strict=True)
+    ref = UNet(base_channels=4, depth=2, seed=1).eval()
+    x = torch.randn(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(net(x), ref(x))
+
+
+def test_benchmark_declaration_lists_every_scored_split(package: Path):
+    import yaml
+
+    from builder.package.leaderboard import benchmark_declaration
+    from builder.package.verify import verify
+
+    manifest = json.loads((package / "manifest.json").read_text())
+    declared = yaml.safe_load((package / "eval.yaml").read_text())
+    assert declared == benchmark_declaration(manifest)
+    assert {"name", "description", "evaluation_framework", "tasks"} <= set(declared)
+    tasks = {(t["config"], t["split"]) for t in declared["tasks"]}
+    for config, entry in manifest["configs"].items():
+        for split in entry["splits"]:
+            assert ((config, split) in tasks) == (split not in ("train", "validation"))
+    assert all(t["id"] == f"{t['config']}-{t['split']}" for t in declared["tasks"])
+    bad = package.parent / "bad-declaration"
+    shutil.copytree(package, bad)
+    (bad / "eval.yaml").write_text(yaml.safe_dump({**declared, "tasks": declared["tasks"][:1]}))
+    assert any("eval.yaml" in str(p) for p in verify(bad, load=False))

@@ -29,7 +29,7 @@ from builder.package.features import (
     row_features,
 )
 from builder.package.plan import CORRUPTIONS, SplitSpec, resolve_splits
-from builder.package.shards import encode_mask, encode_tiff, image_cell
+from builder.package.shards import encode_mask, encode_preview, encode_tiff, image_cell
 from synthesis.errors import InputError
 from synthesis.levels import REFERENCE_SNR, Camera
 from synthesis.rng import derive_seed
@@ -197,6 +197,7 @@ class ConfigImages:
             p["package_version"] = __version__
             row = {
                 "image": image_cell(encode_tiff(image_np[i])),
+                "preview": image_cell(encode_preview(image_np[i])),
                 "mask": image_cell(encode_mask(mask_np[i])),
                 "id": rid,
                 "corruption": label,

@@ -195,6 +195,6 @@ def read_split(data: str, config: str, split: str) -> tuple[torch.Tensor, torch.
     """(ADU float32, mask bool), both ``(N, 1, H, W)``, of a package split (folder or repo)."""
     import fluorobench_c
 
-    rows = list(fluorobench_c.load(data, config, split))
+    rows = list(fluorobench_c.load(data, config, split, columns=fluorobench_c.MODEL_COLUMNS))
     batch = fluorobench_c.collate(rows)
     return batch["image"], batch["mask"] != 0

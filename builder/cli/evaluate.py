@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
     p.add_argument(
         "--model",
         default=None,
-        help="TorchScript file, .safetensors U-Net, or module.py:factory "
+        help="TorchScript file, .safetensors U-Net, module.py:factory, or a U-Net model folder or Hub model id (ORG/NAME) "
         "(default: the package's reference U-Net)",
     )
     common.add_splits(
@@ -44,20 +44,31 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
         "--out",
         type=Path,
         required=True,
-        help="folder for results.json, results.md, robustness.png",
+        help="folder for results.json, results.md, robustness.png and .eval_results/",
+    )
+    p.add_argument(
+        "--benchmark-id",
+        default=None,
+        metavar="ORG/NAME",
+        help="the benchmark's Hub dataset id named in .eval_results/ (default: --data when it "
+        "is a Hub id; a local --data without it writes no .eval_results/)",
     )
     launch.add_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from builder.evaluation import evaluate, results_markdown, write_reports
+    from builder.evaluation import evaluate, results_markdown, write_eval_results, write_reports
     from builder.evaluation.scoring import parse_attacks
     from synthesis import distributed
     from synthesis.device import resolve_device
 
     if args.workers > 1 and not distributed.launched():
         return launch.spawn(run, args)  # rank 0 writes and prints the results
+    if args.benchmark_id is not None:
+        from builder.package.publish import check_repo_id
+
+        check_repo_id(args.benchmark_id, "--benchmark-id")
     attacks = parse_attacks(args.attacks)
     device = resolve_device(args.device)
     with distributed.join(
@@ -81,6 +92,10 @@ def run(args: argparse.Namespace) -> int:
     if not ctx.is_main:
         return 0  # rank 0 writes and reports
     write_reports(args.out, results)
+    benchmark = args.benchmark_id or (None if Path(args.data).exists() else args.data)
     print(results_markdown(results))
+    if benchmark is not None:
+        path = write_eval_results(args.out, results, benchmark)
+        print(f"Hub evaluation results for {benchmark}: {path} (copy into the model repo)")
     print(f"results written to {args.out}")
     return 0

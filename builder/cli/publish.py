@@ -24,6 +24,13 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
     )
     p.add_argument("out", type=Path, help="the package folder (fluorobench-c build output)")
     p.add_argument("--repo-id", required=True, metavar="ORG/NAME", help="Hub dataset repo")
+    p.add_argument(
+        "--models-repo",
+        default=None,
+        metavar="ORG/NAME",
+        help="also upload each config's reference U-Net as the model repo ORG/NAME-<config> "
+        "(loadable with UNet.from_pretrained; scores in .eval_results/)",
+    )
     p.add_argument("--revision", default=None, help="branch to upload to (default: main)")
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.add_argument("--commit-message", default=None, help="summary of the commits")
@@ -62,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         for name in ("httpx", "httpx2", "httpcore"):
             logging.getLogger(name).setLevel(logging.WARNING)
     check_repo_id(args.repo_id)
+    if args.models_repo is not None:
+        check_repo_id(args.models_repo, "--models-repo")
     if args.revision is not None:
         check_revision(args.revision)
     if not args.out.is_dir():
@@ -101,6 +110,24 @@ def run(args: argparse.Namespace) -> int:
             f"{len(plan.upload)} file(s), {megabytes(plan.upload_bytes)}, {len(plan.delete)} deleted, "
             f"{len(result.commits)} commit(s), last {result.commits[-1][:12]}"
         )
+    if args.models_repo is not None:
+        from huggingface_hub.utils import HfHubHTTPError
+
+        from builder.package.models import publish_models
+        from builder.package.publish import PublishError
+
+        try:
+            repos = publish_models(
+                args.out, args.models_repo, dataset_repo=args.repo_id, private=args.private
+            )
+        except (HfHubHTTPError, OSError) as exc:
+            raise PublishError(
+                f"uploading the reference models to {args.models_repo}-<config> failed "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                "re-run the same command"
+            ) from None
+        for repo in repos:
+            print(f'published model {repo}: UNet.from_pretrained("{repo}")')
     config, split = _example(args.out)
     print(
         f'load with: datasets.load_dataset("{result.repo_id}", "{config}", split="{split}", '

@@ -1,7 +1,9 @@
 """The model side of ``evaluate``: what ``--model`` names, how it is loaded, and its input.
 
 ``--model`` is None (the package's reference U-Net), a ``.safetensors`` U-Net saved by
-:func:`synthesis.models.unet.save_model`, a TorchScript file, or ``path/module.py:factory``.
+:func:`synthesis.models.unet.save_model`, a TorchScript file, ``path/module.py:factory``, or
+a U-Net in the Hub's model layout (``config.json`` + ``model.safetensors``): a Hub model id
+such as ``ORG/NAME-mito`` (``publish --models-repo``) or a local folder.
 The input normalisation is the one of training (:mod:`synthesis.normalize`).
 """
 
@@ -87,6 +89,8 @@ def load_model_spec(spec: str | None, data: str, config: str, device: torch.devi
             )
         return ModelInfo(model.to(device).eval(), spec, sha256_file(path))
     path = Path(spec)
+    if path.is_dir() or (not path.exists() and _is_repo_id(spec)):
+        return _load_pretrained(spec, device)
     if not path.is_file():
         raise ModelSpecError(
             f"--model {spec}: no such file (expected a .safetensors or TorchScript file, or module.py:factory)"
@@ -99,6 +103,45 @@ def load_model_spec(spec: str | None, data: str, config: str, device: torch.devi
     except Exception as exc:  # torch raises RuntimeError or ValueError for non-TorchScript files
         raise ModelSpecError(f"--model {spec}: not a TorchScript file ({exc})") from exc
     return ModelInfo(model.eval(), path.name, sha256_file(path))
+
+
+def _is_repo_id(spec: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if spec.count("/") != 1 or spec.endswith((".pt", ".ts", ".safetensors", ".py")):
+        return False
+    try:
+        validate_repo_id(spec)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _load_pretrained(spec: str, device: torch.device) -> ModelInfo:
+    """A U-Net in the Hub's model layout: a local folder or a Hub model id."""
+    from synthesis.models.unet import UNet
+
+    folder = Path(spec)
+    try:
+        if folder.is_dir():
+            weights = folder / "model.safetensors"
+            if not weights.is_file() or not (folder / "config.json").is_file():
+                raise ModelSpecError(
+                    f"--model {spec}: a model folder needs config.json and model.safetensors"
+                )
+        else:
+            from huggingface_hub import hf_hub_download
+
+            weights = Path(hf_hub_download(spec, "model.safetensors", repo_type="model"))
+        model = UNet.from_pretrained(spec, strict=True)
+    except ModelSpecError:
+        raise
+    except Exception as exc:  # the Hub's or the loader's error: name the model and why
+        raise ModelSpecError(
+            f"--model {spec}: cannot load it as a FluoroBench-C U-Net ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
+    return ModelInfo(model.to(device).eval(), spec, sha256_file(weights))
 
 
 def make_preprocess(how: str) -> Callable[[torch.Tensor], torch.Tensor]:

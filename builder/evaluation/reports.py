@@ -21,6 +21,25 @@ def write_reports(out: Path, results: dict[str, Any], *, stem: str | None = None
     plot_robustness(results, out / (f"{stem}-robustness.png" if stem else "robustness.png"))
 
 
+def write_eval_results(
+    out: Path, results: dict[str, Any], dataset_id: str, *, date: str | None = None
+) -> Path:
+    """The Hub's evaluation-results file of ``results`` for the benchmark ``dataset_id``:
+    ``out/.eval_results/fluorobench-c-<config>.yaml``, ready to copy into the model's repo
+    (:mod:`builder.package.leaderboard`)."""
+    from builder.package.leaderboard import (
+        eval_result_entries,
+        eval_results_name,
+        eval_results_yaml,
+    )
+
+    entries = eval_result_entries(results, dataset_id, date=date)
+    path = out / eval_results_name(results["config"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, eval_results_yaml(entries))
+    return path
+
+
 def results_markdown(results: dict[str, Any]) -> str:
     lines = [
         f"# {results['config']}: {results['model']['description']}",

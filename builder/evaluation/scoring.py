@@ -77,7 +77,7 @@ def _predictions(
     import fluorobench_c
     from synthesis.rng import derive_seed
 
-    ds = fluorobench_c.load(data, config, split)
+    ds = fluorobench_c.load(data, config, split, columns=fluorobench_c.MODEL_COLUMNS)
     loader = torch.utils.data.DataLoader(
         ds, batch_size=batch_size, collate_fn=fluorobench_c.collate
     )

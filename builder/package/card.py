@@ -24,6 +24,7 @@ from datasets import DatasetInfo, Features, SplitDict, SplitInfo
 from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCardData
 
+from builder.package.leaderboard import write_benchmark_declaration
 from builder.package.manifest import split_files, split_num_bytes
 from builder.package.samples import grid_path, write_sample_grids
 from synthesis.files import atomic_write_bytes
@@ -45,9 +46,36 @@ logger = logging.getLogger(__name__)
 TEMPLATE = Path(__file__).resolve().with_name("dataset_card.md")
 
 
+#: The config the docs use; the card's default when the package has it.
+DEFAULT_CONFIG = "mito"
+
+
+def default_config(manifest: dict[str, Any]) -> str:
+    """``mito`` when the package has it, else its first config."""
+    configs = [c for c in CONFIGS if c in manifest["configs"]]
+    return DEFAULT_CONFIG if DEFAULT_CONFIG in configs else configs[0]
+
+
+def install_line() -> str:
+    """A ``pip install`` line that works: the Source URL of the installed package's
+    metadata (``pyproject.toml``) as a git URL, until the package is on PyPI."""
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    url = "https://github.com/fluorobench-c/fluorobench-c"
+    try:
+        for entry in metadata("fluorobench-c").get_all("Project-URL") or []:
+            label, _, value = entry.partition(",")
+            if label.strip().lower() == "source":
+                url = value.strip()
+    except PackageNotFoundError:
+        pass
+    return f'pip install "fluorobench-c @ git+{url}"'
+
+
 def card_metadata(manifest: dict[str, Any]) -> dict[str, Any]:
     """The YAML front matter as a dict."""
     configs = [c for c in CONFIGS if c in manifest["configs"]]
+    default = default_config(manifest)
     infos = {}
     yaml_configs = []
     for config in configs:
@@ -67,15 +95,25 @@ def card_metadata(manifest: dict[str, Any]) -> dict[str, Any]:
             features=Features.from_dict(entry["features"]), splits=splits, config_name=config
         )
         yaml_configs.append(
-            {"config_name": config, "data_files": data_files, "default": config == configs[0]}
+            {"config_name": config, "data_files": data_files, "default": config == default}
         )
     card = DatasetCardData()
     DatasetInfosDict(infos).to_dataset_card_data(card)
     meta = card.to_dict()
-    source = manifest["recipe"]["source"]
+    kinds = source_kinds(manifest)
+    licence = licence_of(kinds)
     meta = {
-        "license": "cc-by-4.0" if source == "procedural" else "other",
+        **licence,
         "task_categories": ["image-segmentation"],
+        "task_ids": ["semantic-segmentation"]
+        + (["instance-segmentation"] if "nucleus" in configs else []),
+        "annotations_creators": sorted(
+            {"machine-generated" if k == "procedural" else "expert-generated" for k in kinds}
+        ),
+        "language_creators": ["machine-generated"],
+        "multilinguality": ["monolingual"],
+        "language": ["en"],
+        "source_datasets": sorted({SOURCE_LICENCES[k]["source_dataset"] for k in kinds}),
         "tags": ["microscopy", "fluorescence", "robustness", "benchmark", "synthetic", "biology"],
         "pretty_name": "FluoroBench-C",
         "size_categories": [_size_category(manifest)],
@@ -83,6 +121,48 @@ def card_metadata(manifest: dict[str, Any]) -> dict[str, Any]:
         **meta,
     }
     return meta
+
+
+#: Per kind of mask source: the licence of a package built from it, and how the card's
+#: ``source_datasets`` names it. Procedural masks are the project's own: CC BY 4.0 (our
+#: choice: reuse with attribution, so that results stay traceable to the benchmark).
+SOURCE_LICENCES: dict[str, dict[str, str]] = {
+    "procedural": {"license": "cc-by-4.0", "source_dataset": "original"},
+    "bbbc038": {"license": "cc0-1.0", "source_dataset": "extended|bbbc038"},
+    "luo": {
+        "license": "other",
+        "license_name": "ieee-dataport-luo-er-mito",
+        "license_link": "https://doi.org/10.21227/t2he-zn97",
+        "source_dataset": "extended|luo-er-mito",
+    },
+    "folder": {"license": "unknown", "source_dataset": "extended"},
+}
+
+
+def source_kinds(manifest: dict[str, Any]) -> list[str]:
+    """The kinds of mask source of the package's configs (``procedural``, ``bbbc038``...)."""
+    kinds = []
+    for entry in manifest["configs"].values():
+        kind = (entry.get("source") or {}).get("kind") or (
+            "procedural" if manifest["recipe"]["source"] == "procedural" else "folder"
+        )
+        kind = kind if kind in SOURCE_LICENCES else "folder"
+        if kind not in kinds:
+            kinds.append(kind)
+    return kinds or ["procedural"]
+
+
+def licence_of(kinds: list[str]) -> dict[str, str]:
+    """The card's ``license`` (and ``license_name``/``license_link`` for ``other``): the
+    source's when there is one kind; ``other``, naming each, when configs mix sources."""
+    terms = [SOURCE_LICENCES[k] for k in kinds]
+    if len({t["license"] for t in terms}) == 1 and len(terms) == 1:
+        return {k: v for k, v in terms[0].items() if k != "source_dataset"}
+    return {
+        "license": "other",
+        "license_name": "per-source",
+        "license_link": "README.md",  # the card's "Sources and licences" section
+    }
 
 
 def _size_category(manifest: dict[str, Any]) -> str:
@@ -330,7 +410,8 @@ def render_card(
         "noise_model": recipe["noise_model"],
         "seed": str(recipe["seed"]),
         "repo": repo,
-        "first_config": configs[0],
+        "first_config": default_config(manifest),
+        "install": install_line(),
         "reference_snr": f"{REFERENCE_SNR:g}",
         "splits_table": _splits_table(manifest),
         "levels_table": levels_table(),
@@ -350,9 +431,11 @@ def render_card(
 
 
 def write_card(out: Path, manifest: dict[str, Any], repo: str = "fluorobench-c") -> None:
-    """Write the sample grids (``images/``) and ``README.md`` of the package in ``out``."""
+    """Write the sample grids (``images/``), ``README.md`` and ``eval.yaml`` (the Hub's
+    benchmark declaration, :mod:`builder.package.leaderboard`) of the package in ``out``."""
     try:
         write_sample_grids(out, manifest)
     except (OSError, ValueError, KeyError) as exc:  # a card without pictures beats no card
         logger.warning("no sample grid: %s", exc)
     atomic_write_bytes(out / "README.md", render_card(manifest, repo, out).encode())
+    write_benchmark_declaration(out, manifest)

@@ -91,6 +91,7 @@ def row_features(config: str) -> Features:
     """The features of every split of ``config`` (``nucleus`` adds instance labels)."""
     feats: dict[str, Any] = {
         "image": Image(),
+        "preview": Image(),  # 8-bit, percentile-scaled: for the dataset viewer, not for models
         "mask": Image(),
         "id": _STR,
         "corruption": ClassLabel(names=list(CORRUPTIONS)),

@@ -20,7 +20,8 @@ from synthesis.files import atomic_write_bytes
 MANIFEST = "manifest.json"
 LOCK = ".fluorobench-c.lock"
 #: 2: params.real and the real_snr / real_sib / real_svb splits (issue 12).
-FORMAT_VERSION = 2
+#: 3: the ``preview`` column, 1-bit palette masks, Parquet written like ``datasets`` 5.x.
+FORMAT_VERSION = 3
 
 
 class BuildError(RefusedError):

@@ -18,6 +18,7 @@ from datasets import Features
 from huggingface_hub import DatasetCard
 
 from builder.package.card import card_metadata
+from builder.package.leaderboard import EVAL_YAML, benchmark_declaration
 from builder.package.manifest import MANIFEST, BuildError, read_manifest
 from synthesis.files import sha256_file
 
@@ -161,6 +162,18 @@ def _check_card(out: Path, manifest: dict[str, Any]) -> list[Problem]:
         return [Problem(str(path), f"bad YAML front matter ({exc})")]
     expected = card_metadata(manifest)
     problems = []
+    declaration = out / EVAL_YAML
+    try:
+        declared = yaml.safe_load(declaration.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        problems.append(Problem(str(declaration), f"unreadable benchmark declaration ({exc})"))
+    else:
+        if declared != benchmark_declaration(manifest):
+            problems.append(
+                Problem(
+                    str(declaration), "tasks do not match manifest.json (render the card again)"
+                )
+            )
     for key in ("configs", "dataset_info"):
         if meta.get(key) != yaml.safe_load(yaml.safe_dump(expected.get(key))):
             problems.append(

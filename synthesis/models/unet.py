@@ -15,6 +15,12 @@ A saved model is one ``.safetensors`` file: the state dict, plus one header meta
 {caller's metadata}}``, so :func:`load_model` needs nothing else. One entry, because the
 safetensors writer orders header metadata through a hash map: with several entries the same
 model could be written as different bytes, hence a different sha256.
+
+:class:`UNet` is a ``huggingface_hub.PyTorchModelHubMixin``: ``UNet.from_pretrained`` loads
+a Hub model repo or a folder holding ``config.json`` (the constructor arguments) and
+``model.safetensors`` (``fluorobench-c publish --models-repo`` uploads each package's
+reference U-Nets that way, the safetensors file byte for byte); ``save_pretrained`` and
+``push_to_hub`` work too.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
 __all__ = ["UNet", "init_weights", "load_model", "save_model"]
@@ -67,7 +74,13 @@ def _positive_int(value: object, name: str, minimum: int = 1) -> int:
     return value
 
 
-class UNet(nn.Module):
+class UNet(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="fluorobench-c",
+    tags=["microscopy", "fluorescence", "segmentation", "u-net"],
+    pipeline_tag="image-segmentation",
+):
     """U-Net for binary segmentation: ``(B, in_channels, H, W)`` -> logits ``(B, out_channels, H, W)``.
 
     Args:

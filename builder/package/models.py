@@ -1,0 +1,278 @@
+"""The reference U-Nets as Hub model repos: ``publish --models-repo ORG/NAME``.
+
+Each config's U-Net goes to its own model repo, ``ORG/NAME-<config>``, laid out as
+``huggingface_hub.PyTorchModelHubMixin`` expects, so that
+``synthesis.models.unet.UNet.from_pretrained("ORG/NAME-mito")`` loads it:
+
+- ``model.safetensors``: the package's ``models/<config>-unet.safetensors``, byte for byte
+  (its sha256 is the ``params.attack.model_sha256`` of every attacked row);
+- ``config.json``: the constructor arguments (from the weights' own header);
+- ``README.md``: a model card (YAML: library, tags, datasets, metrics, licence) around the
+  package's training record;
+- ``.eval_results/fluorobench-c-<config>.yaml``: the model's scores on every split in the
+  Hub's evaluation-results format (:mod:`builder.package.leaderboard`), when the package
+  holds ``results/<config>.json``.
+
+No torch here: the header is read as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from pathlib import Path
+from typing import Any
+
+from synthesis.errors import InputError
+from synthesis.files import atomic_write_bytes, sha256_file
+from synthesis.levels import CONFIG_TITLES, CONFIGS
+
+logger = logging.getLogger(__name__)
+
+#: The header key of :func:`synthesis.models.unet.save_model` records.
+_HEADER_KEY = "fluorobench.model"
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+LIBRARY = "fluorobench-c"
+
+
+def model_repo_id(models_repo: str, config: str) -> str:
+    """``ORG/NAME`` -> the repo of one config's U-Net, ``ORG/NAME-<config>``."""
+    return f"{models_repo}-{config}"
+
+
+def package_model(out: Path, config: str) -> Path:
+    return out / "models" / f"{config}-unet.safetensors"
+
+
+def read_header_record(path: Path) -> dict[str, Any]:
+    """The FluoroBench-C record of a safetensors file's header (architecture, metadata).
+
+    Raises:
+        InputError: not a safetensors file, or no FluoroBench-C record in its header.
+    """
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise InputError(f"{path}: not a safetensors file (shorter than 8 bytes)")
+        (n,) = struct.unpack("<Q", head)
+        try:
+            header = json.loads(f.read(n))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: not a safetensors file ({exc})") from None
+    meta = header.get("__metadata__") or {}
+    if _HEADER_KEY not in meta:
+        raise InputError(f"{path}: no FluoroBench-C model record in its safetensors header")
+    return json.loads(meta[_HEADER_KEY])
+
+
+def model_card(
+    manifest: dict[str, Any],
+    config: str,
+    record: dict[str, Any],
+    *,
+    sha256: str,
+    dataset_repo: str,
+    repo_id: str,
+    training_notes: str,
+    results: dict[str, Any] | None,
+) -> str:
+    """The model card (README.md) of one config's reference U-Net."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from builder.package.card import licence_of, source_kinds
+
+    licence = licence_of(
+        source_kinds({**manifest, "configs": {config: manifest["configs"][config]}})
+    )
+    data = ModelCardData(
+        library_name=LIBRARY,
+        pipeline_tag="image-segmentation",
+        tags=["microscopy", "fluorescence", "segmentation", "u-net", "pytorch_model_hub_mixin"],
+        datasets=[dataset_repo],
+        metrics=["iou", "dice"],
+        **{k: v for k, v in licence.items() if k in ("license", "license_name", "license_link")},
+    )
+    arch = {k: v for k, v in record.get("architecture", {}).items() if k != "class"}
+    scores = ""
+    if results:
+        rows = [
+            f"| `{s}` | {r['iou']:.3f} | {r['dice']:.3f} | "
+            + ("—" if r.get("robustness") is None else f"{r['robustness']:.1f}")
+            + " |"
+            for s, r in results["splits"].items()
+        ]
+        scores = (
+            "\n## Scores on its package\n\n"
+            "Foreground IoU and Dice (threshold 0.5, aggregated over all pixels); robustness "
+            "= IoU / IoU on `test` × 100. The same scores are in "
+            f"`.eval_results/` for the Hub's leaderboard of `{dataset_repo}`.\n\n"
+            "| split | IoU | Dice | robustness |\n|---|---:|---:|---:|\n" + "\n".join(rows) + "\n"
+        )
+    body = f"""
+# FluoroBench-C reference U-Net: {CONFIG_TITLES[config]}
+
+The model that the transfer-attack splits (`fgsm_*`, `ifgsm_*`, `pgd_*`) of the dataset
+[`{dataset_repo}`](https://huggingface.co/datasets/{dataset_repo}) (config `{config}`) were
+made against. Weights sha256 `{sha256}`: every attacked row stores it in
+`params.attack.model_sha256`.
+
+## Load it
+
+```python
+from synthesis.models.unet import UNet  # {_install()}
+
+model = UNet.from_pretrained("{repo_id}")  # eval mode; a folder path works too
+```
+
+Input: one-channel image, per-image z-score of the ADU values
+(`synthesis.normalize.normalize(x, "zscore")`); output: one foreground logit per pixel
+(foreground where the logit > 0). Architecture: plain-torch U-Net with batch norm,
+`{json.dumps(arch, sort_keys=True)}`.
+
+Score it on every split: `fluorobench-c evaluate --data {dataset_repo} --config {config}
+--model {repo_id} --out results/`.
+
+## Training
+
+{training_notes.strip()}
+{scores}
+## Intended use and limits
+
+A reference for the benchmark's transfer attacks and a baseline to compare against; it was
+trained on synthetic images of the benchmark (`train` split, reference SNR 8) and is not a
+model for real microscopy data.
+"""
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}").content
+
+
+def _install() -> str:
+    from builder.package.card import install_line
+
+    return install_line()
+
+
+def _training_notes(out: Path, config: str) -> str:
+    notes = package_model(out, config).with_suffix(".md")
+    if not notes.is_file():
+        return "No training record in the package."
+    lines = notes.read_text().splitlines()
+    keep = [ln for ln in lines[1:] if not ln.startswith("Load it with")]  # drop the title
+    return "\n".join(keep).strip()
+
+
+def model_repo_files(
+    out: Path, manifest: dict[str, Any], config: str, *, dataset_repo: str, models_repo: str
+) -> dict[str, bytes | Path]:
+    """Path in the repo -> bytes or a file: what the model repo of ``config`` holds.
+
+    Raises:
+        InputError: the package has no reference model for ``config``.
+    """
+    from builder.package.card import results_path
+    from builder.package.leaderboard import (
+        eval_result_entries,
+        eval_results_name,
+        eval_results_yaml,
+    )
+
+    weights = package_model(out, config)
+    if not weights.is_file():
+        raise InputError(f"{weights}: no reference model for {config} (build attack splits)")
+    record = read_header_record(weights)
+    arch = {k: v for k, v in record.get("architecture", {}).items() if k != "class"}
+    results = None
+    res_path = results_path(out, config)
+    if res_path.is_file():
+        results = json.loads(res_path.read_text())
+    repo_id = model_repo_id(models_repo, config)
+    sha = sha256_file(weights)
+    files: dict[str, bytes | Path] = {
+        WEIGHTS_NAME: weights,
+        CONFIG_NAME: (json.dumps(arch, indent=2, sort_keys=True) + "\n").encode(),
+        "README.md": model_card(
+            manifest,
+            config,
+            record,
+            sha256=sha,
+            dataset_repo=dataset_repo,
+            repo_id=repo_id,
+            training_notes=_training_notes(out, config),
+            results=results,
+        ).encode(),
+    }
+    if results is not None:
+        entries = eval_result_entries(results, dataset_repo)
+        files[eval_results_name(config)] = eval_results_yaml(entries)
+    return files
+
+
+def write_model_folder(
+    out: Path, manifest: dict[str, Any], config: str, folder: Path, *, dataset_repo: str
+) -> Path:
+    """Write the model repo of ``config`` as a local folder (``UNet.from_pretrained(folder)``)."""
+    files = model_repo_files(
+        out, manifest, config, dataset_repo=dataset_repo, models_repo=dataset_repo
+    )
+    for rel, content in files.items():
+        target = folder / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target, content.read_bytes() if isinstance(content, Path) else content)
+    return folder
+
+
+def publish_models(
+    out: Path,
+    models_repo: str,
+    *,
+    dataset_repo: str,
+    private: bool = False,
+    token: str | None = None,
+    endpoint: str | None = None,
+) -> list[str]:
+    """Upload each config's reference U-Net of the package ``out`` to ``ORG/NAME-<config>``
+    (created if needed), one commit per repo; return the repo ids.
+
+    A repo that already holds the same files gets no new commit.
+
+    Raises:
+        InputError: a malformed ``models_repo``, or a package without reference models.
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    from builder.package.manifest import read_manifest
+    from builder.package.publish import check_repo_id
+
+    check_repo_id(models_repo, "--models-repo")
+    manifest = read_manifest(out)
+    if manifest is None:
+        raise InputError(f"{out}: not a fluorobench-c package (no manifest.json)")
+    configs = [c for c in CONFIGS if c in manifest["configs"] and package_model(out, c).is_file()]
+    if not configs:
+        raise InputError(f"{out}: no reference model to publish (build attack splits)")
+    api = HfApi(endpoint=endpoint, token=token)
+    published = []
+    for config in configs:
+        repo_id = model_repo_id(models_repo, config)
+        check_repo_id(repo_id, "--models-repo")
+        files = model_repo_files(
+            out, manifest, config, dataset_repo=dataset_repo, models_repo=models_repo
+        )
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        ops = [
+            CommitOperationAdd(
+                path_in_repo=rel,
+                path_or_fileobj=str(content) if isinstance(content, Path) else content,
+            )
+            for rel, content in files.items()
+        ]
+        info = api.create_commit(
+            repo_id,
+            ops,
+            commit_message=f"FluoroBench-C reference U-Net ({config}) from {dataset_repo}",
+            repo_type="model",
+        )
+        logger.info("published %s (%s)", repo_id, info.commit_url)
+        published.append(repo_id)
+    return published
