@@ -9,7 +9,7 @@ value, date, source, notes}`` (written with ``huggingface_hub.EvalResultEntry``)
 of models whose entries name the benchmark show up on the benchmark's leaderboard.
 
 One task per config and test-based split, ``<config>-<split>``, scored as IoU × 100 on the
-foreground (threshold 0.5, aggregated over all pixels; docs/definitions.md#metrics), so
+foreground (threshold 0.5, aggregated over all pixels; docs/definitions.md#normalisation-and-scores), so
 every split has its own leaderboard and robustness (IoU / IoU on ``test`` × 100) follows from
 two of them. It is also given in each entry's ``notes``.
 """
