@@ -158,6 +158,14 @@ def main() -> None:
         "ratio_model_columns": best["after_model"] / best["before_model"],
     }
 
+    raw = {}
+    for name, pkg in (("before", args.before), ("after", args.after)):
+        files = shards(pkg)
+        nbytes = sum(f.stat().st_size for f in files)
+        best_s = _common.best_of(lambda fs=files: [pq.read_table(f) for f in fs], args.repeats)
+        raw[name] = nbytes / best_s / 1e6
+    result["parquet_read_mb_per_s"] = {**raw, "ratio_after_before": raw["after"] / raw["before"]}
+
     features = row_features(args.config)
     dedup = {}
     for name, pkg, write in (
@@ -209,6 +217,11 @@ def main() -> None:
             f"after {rr['after']:.0f} rows/s, ratio {rr['ratio_after_before']:.2f}; model "
             f"columns only: {rr['before_model']:.0f} -> {rr['after_model']:.0f} rows/s "
             f"(ratio {rr['ratio_model_columns']:.2f})"
+        )
+        pr = r["parquet_read_mb_per_s"]
+        print(
+            f"pyarrow read of every shard: before {pr['before']:.0f} MB/s, after "
+            f"{pr['after']:.0f} MB/s (ratio {pr['ratio_after_before']:.2f})"
         )
         for n in ("before", "after"):
             d = r["dedup"][n]

@@ -88,9 +88,9 @@ def test_exact_data_stays_exact_through_load_dataset(small_package: Path, tmp_pa
         assert row["mask"].dtype == np.uint8 and set(np.unique(row["mask"])) <= {0, 1}
         assert row["mask"].any()
         assert row["preview"].dtype == np.uint8 and row["preview"].shape == (256, 256)
-        # JPEG at quality 90: close to the exact scaled pixels, not equal
+        # JPEG at quality 75: close to the exact scaled pixels, not equal (max 7.7 measured)
         err = np.abs(row["preview"].astype(int) - preview_pixels(row["image"]).astype(int))
-        assert err.mean() < 6.0, err.mean()
+        assert err.mean() < 10.0, err.mean()
 
 
 def test_mask_png_is_one_bit_and_round_trips():

@@ -294,7 +294,9 @@ def _models(manifest: dict[str, Any]) -> str:
         "Attack splits are transfer attacks against the reference U-Net shipped in `models/` "
         "(safetensors weights and a model card; their sha256 is in every attacked row's "
         "`params.attack.model_sha256`). It was trained on `train` (reference condition) and "
-        "selected on `validation`.\n\n"
+        "selected on `validation`. When the package is published with `fluorobench-c publish "
+        "--models-repo ORG/NAME`, each is also the Hub model repo `ORG/NAME-<config>`, loaded "
+        "with `UNet.from_pretrained`.\n\n"
         "| config | weights | sha256 | validation IoU |\n|---|---|---|---:|"
     )
     return head + "\n" + "\n".join(lines)

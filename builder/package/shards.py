@@ -57,7 +57,7 @@ MASK_PALETTE = (0, 0, 0, 255, 255, 255)
 #: Each preview is scaled to these percentiles of its own image (as the card's sample grid).
 PREVIEW_PERCENTILES = (0.5, 99.5)
 PREVIEW_FORMAT = "JPEG"
-PREVIEW_QUALITY = 90
+PREVIEW_QUALITY = 75
 
 
 def encode_mask(mask: np.ndarray) -> bytes:
