@@ -142,7 +142,7 @@ def test_round_trip_every_config_streaming_and_not(package: Path, hub: LoopbackH
     local = _local_files(package)
     assert "images/nucleus_samples.png" in local and "data/er/clean-00000-of-00001.parquet" in local
     assert _remote_files(hub) == local  # byte for byte, README rendered for the repo id
-    assert f'load_dataset("{REPO}", "er"' in local["README.md"].decode()
+    assert f'load_dataset("{REPO}", "mito"' in local["README.md"].decode()  # the default config
     assert not any(p.startswith(".") for p in hub.state.files(REPO) if p != ".gitattributes")
 
     manifest = json.loads((package / "manifest.json").read_text())
@@ -575,3 +575,24 @@ def test_benchmark_declaration_lists_every_scored_split(package: Path):
     shutil.copytree(package, bad)
     (bad / "eval.yaml").write_text(yaml.safe_dump({**declared, "tasks": declared["tasks"][:1]}))
     assert any("eval.yaml" in str(p) for p in verify(bad, load=False))
+
+
+def test_card_yaml_is_complete_and_licences_follow_the_source(package: Path):
+    from builder.package.card import licence_of
+
+    manifest = json.loads((package / "manifest.json").read_text())
+    meta = card_metadata(manifest)
+    assert meta["task_categories"] == ["image-segmentation"]
+    assert meta["task_ids"] == ["semantic-segmentation", "instance-segmentation"]
+    assert meta["annotations_creators"] == ["machine-generated"]
+    assert meta["source_datasets"] == ["original"] and meta["license"] == "cc-by-4.0"
+    defaults = [c["config_name"] for c in meta["configs"] if c.get("default")]
+    assert defaults == ["mito"]
+    assert licence_of(["bbbc038"]) == {"license": "cc0-1.0"}
+    luo = licence_of(["luo"])
+    assert luo["license"] == "other" and luo["license_name"] and luo["license_link"]
+    assert licence_of(["procedural", "bbbc038"])["license"] == "other"
+    card = (package / "README.md").read_text()
+    assert 'pip install "fluorobench-c @ git+https://' in card
+    for section in ("## Intended use", "## Out-of-scope use", "## Limitations", "## How to cite"):
+        assert section in card

@@ -50,6 +50,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "compare robustness on synthetic and on real degraded images, per renderer",
         "builder.cli.fidelity",
     ),
+    "leaderboard": (
+        "train a zoo of architectures with one recipe and rank their robustness",
+        "builder.cli.leaderboard",
+    ),
     "train-synthesizer": (
         "train the pix2pix mask-to-image generator and its denoiser on real pairs",
         "builder.cli.synthesizer",

@@ -39,7 +39,9 @@ class ModelInfo:
     sha256: str | None
 
 
-def load_model_spec(spec: str | None, data: str, config: str, device: torch.device) -> ModelInfo:
+def load_model_spec(
+    spec: str | ModelInfo | None, data: str, config: str, device: torch.device
+) -> ModelInfo:
     """Load ``--model``: None (the package's reference U-Net), a ``.safetensors`` file saved by
     :func:`synthesis.models.unet.save_model`, a TorchScript file, or ``path/module.py:factory``.
 
@@ -52,6 +54,8 @@ def load_model_spec(spec: str | None, data: str, config: str, device: torch.devi
 
     from synthesis.models.unet import load_model
 
+    if isinstance(spec, ModelInfo):  # a model already in memory (the leaderboard's)
+        return ModelInfo(spec.model.to(device).eval(), spec.description, spec.sha256)
     if spec is None or spec == "reference":
         rel = f"models/{config}-unet.safetensors"
         if Path(data).is_dir():

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from builder.evaluation.models import load_model_spec, make_preprocess, predict
+from builder.evaluation.models import ModelInfo, load_model_spec, make_preprocess, predict
 from builder.package.manifest import read_manifest
 from builder.package.plan import SPLITS
 from synthesis.device import resolve_device
@@ -201,7 +201,7 @@ def evaluate(
     data: str,
     config: str,
     *,
-    model: str | None = None,
+    model: str | ModelInfo | None = None,
     splits: list[str] | None = None,
     attacks: list[tuple[str, float]] | None = None,
     normalize: str = "zscore",

@@ -1,0 +1,504 @@
+"""``fluorobench-c leaderboard``: the original study's comparison in one command.
+
+Every model of the zoo (:mod:`synthesis.models.zoo`) is trained on a package's ``train``
+split with the same recipe and budget (:data:`RECIPES`: optimiser, epochs, batch, loss,
+whole images, per-image z-score input), the epoch with the best ``validation`` IoU is kept,
+and the model is evaluated on every test-based split (transfer attacks included) and under
+white-box attacks on itself (:data:`WHITEBOX`, at the benchmark's budget of 8 grey levels).
+
+Outputs in ``OUT``:
+
+- ``models/<name>.safetensors``: the trained weights, with a header record (architecture,
+  preset, training settings, history) and their sha256 in ``leaderboard.json``: an entry is
+  re-scored without retraining;
+- ``results/<name>.json`` (+ ``.md``, ``-robustness.png``): ``evaluate``'s report per model;
+- ``leaderboard.json``, ``leaderboard.md``, ``leaderboard.png``: per model the parameters,
+  test IoU, mean robustness per family, white-box robustness at ε = 8, transfer-split
+  robustness, and the Spearman rank correlation between corruption and adversarial
+  robustness across models.
+
+Resumable model by model: a model whose weights file exists (written atomically) is not
+retrained, and one whose results exist is not re-evaluated; settings that differ from those
+on disk are refused unless ``overwrite``.
+
+Definitions (docs/definitions.md#leaderboard): corruption robustness = mean of the SNR, SIB
+and SVB family means; adversarial robustness = white-box PGD at ε = 8 (IoU / IoU on ``test``
+× 100); transfer robustness = mean over the ``fgsm_8``, ``ifgsm_8`` and ``pgd_8`` splits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from synthesis.errors import InputError, RefusedError
+from synthesis.files import atomic_write_bytes, sha256_file
+from synthesis.progress import ProgressFactory, no_progress
+
+logger = logging.getLogger(__name__)
+
+#: White-box attacks run on every model, at the benchmark's headline budget (grey levels).
+WHITEBOX: tuple[tuple[str, float], ...] = (("fgsm", 8.0), ("pgd", 8.0), ("segpgd", 8.0))
+#: Families averaged into corruption robustness.
+CORRUPTION_FAMILIES: tuple[str, ...] = ("snr", "sib", "svb")
+#: Transfer-attack splits averaged into transfer robustness.
+TRANSFER_SPLITS: tuple[str, ...] = ("fgsm_8", "ifgsm_8", "pgd_8")
+HEADER_KEY = "fluorobench.zoo"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One training recipe for every model (the budget is the same number of steps)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    loss: str = "bce_dice"
+    normalize: str = "zscore"
+
+
+#: ``small``: indicative, about 20 minutes for one config of the quickstart package on a
+#: 2-core CPU; ``full``: the original widths and a longer schedule, for a GPU.
+RECIPES: dict[str, Recipe] = {
+    "small": Recipe(epochs=6, batch_size=4, lr=2e-3),
+    "full": Recipe(epochs=100, batch_size=16, lr=1e-3),
+}
+DEFAULT_MODELS: tuple[str, ...] = (
+    "unet",
+    "basic_unet",
+    "res_unet",
+    "attention_unet",
+    "segresnet",
+    "highresnet",
+    "unetr",
+    "swin_unetr",
+)
+
+
+@dataclass
+class LeaderboardOptions:
+    data: str
+    config: str
+    out: Path
+    models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
+    preset: str = "small"
+    epochs: int | None = None  # overrides the preset's
+    batch_size: int | None = None
+    seed: int = 0
+    device: str | None = None
+    overwrite: bool = False
+
+    def recipe(self) -> Recipe:
+        if self.preset not in RECIPES:
+            raise InputError(f"--preset must be one of {', '.join(RECIPES)}. Got {self.preset!r}")
+        r = RECIPES[self.preset]
+        return Recipe(
+            epochs=self.epochs or r.epochs,
+            batch_size=self.batch_size or r.batch_size,
+            lr=r.lr,
+            loss=r.loss,
+            normalize=r.normalize,
+        )
+
+    def settings(self) -> dict[str, Any]:
+        """What decides a model's weights (a resumed run must match them)."""
+        return {
+            "data": str(self.data),
+            "config": self.config,
+            "preset": self.preset,
+            "recipe": asdict(self.recipe()),
+            "seed": self.seed,
+        }
+
+
+# --------------------------------------------------------------------------- the run
+def leaderboard(opts: LeaderboardOptions, *, progress: ProgressFactory | None = None) -> dict:
+    """Train, select and evaluate every model of ``opts.models``; write the leaderboard.
+
+    Raises:
+        InputError: an unknown model, preset or config, or a package without the splits.
+        RefusedError: results on disk were made with other settings (without ``overwrite``).
+        ImportError: MONAI is missing for a MONAI model.
+    """
+    from synthesis.device import resolve_device
+    from synthesis.models.zoo import ZOO
+
+    unknown = [m for m in opts.models if m not in ZOO]
+    if unknown:
+        raise InputError(f"unknown model(s) {', '.join(unknown)}; the zoo has {', '.join(ZOO)}")
+    if not opts.models:
+        raise InputError("--models names no model")
+    opts.recipe()
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(opts.device)
+    bar = (progress or no_progress)(len(opts.models), f"{opts.config} leaderboard", "model")
+    entries = []
+    for name in opts.models:
+        weights, record = _trained(opts, name, device, progress)
+        results = _evaluated(opts, name, weights, record, device, progress)
+        entries.append(_entry(name, record, sha256_file(weights), results, out))
+        bar.update()
+    bar.close()
+    board = {
+        "config": opts.config,
+        "machine": _machine(device),
+        "settings": opts.settings(),
+        "device": str(device),
+        "whitebox": [f"{m}:{e:g}" for m, e in WHITEBOX],
+        "models": entries,
+        "correlation": correlation(entries),
+    }
+    write_leaderboard(out, board)
+    return board
+
+
+def _machine(device: Any) -> str:
+    import os
+    import platform
+
+    import torch
+
+    where = (
+        torch.cuda.get_device_name(device)
+        if getattr(device, "type", "cpu") == "cuda"
+        else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, no GPU"
+    )
+    return f"{where}, torch {torch.__version__}"
+
+
+def _weights_path(opts: LeaderboardOptions, name: str) -> Path:
+    return Path(opts.out) / "models" / f"{name}.safetensors"
+
+
+def _results_path(opts: LeaderboardOptions, name: str) -> Path:
+    return Path(opts.out) / "results" / f"{name}.json"
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if HEADER_KEY not in meta:
+        raise RefusedError(f"{path}: not a leaderboard model (no {HEADER_KEY} header)")
+    return json.loads(meta[HEADER_KEY])
+
+
+def _trained(
+    opts: LeaderboardOptions, name: str, device: Any, progress: ProgressFactory | None
+) -> tuple[Path, dict[str, Any]]:
+    """The weights of ``name``: read back if a finished file matches the settings, else
+    trained and written atomically."""
+    from builder.build.reference import read_split
+    from synthesis.models.training import train_segmenter
+    from synthesis.models.weights import atomic_save
+    from synthesis.models.zoo import ZOO, build, count_parameters
+    from synthesis.normalize import normalize
+    from synthesis.rng import derive_seed
+
+    path = _weights_path(opts, name)
+    settings = opts.settings()
+    if path.exists():
+        record = _read_record(path)
+        if record["settings"] == settings:
+            logger.info("%s: trained weights found (%s), not retraining", name, path)
+            return path, record
+        if not opts.overwrite:
+            raise RefusedError(
+                f"{path} was trained with other settings ({record['settings']}); pass "
+                "--overwrite to retrain, or choose another --out"
+            )
+    recipe = opts.recipe()
+    seed = derive_seed(opts.seed, "leaderboard", opts.config, name) % (2**31)
+    model = build(name, opts.preset, seed=seed)
+    x_train, m_train = read_split(opts.data, opts.config, "train")
+    x_val, m_val = read_split(opts.data, opts.config, "validation")
+    bar = (progress or no_progress)(recipe.epochs, f"{opts.config} {name}", "epoch")
+    result = train_segmenter(
+        model,
+        normalize(x_train, recipe.normalize),
+        m_train,
+        normalize(x_val, recipe.normalize),
+        m_val,
+        epochs=recipe.epochs,
+        batch_size=recipe.batch_size,
+        lr=recipe.lr,
+        seed=seed,
+        device=device,
+        loss=recipe.loss,
+        init=False,  # the zoo built it from the seed
+        progress=lambda epoch, rec: bar.update(),
+    )
+    bar.close()
+    record = {
+        "name": name,
+        "family": ZOO[name].family,
+        "library": ZOO[name].library,
+        "kwargs": ZOO[name].kwargs(opts.preset),
+        "parameters": count_parameters(model),
+        "settings": settings,
+        "seed": seed,
+        "training": result.settings,
+        "history": result.history,
+        "best_val_iou": result.best_val_iou,
+        "best_epoch": result.best_epoch,
+    }
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    header = {HEADER_KEY: json.dumps(record, sort_keys=True, default=str)}
+    atomic_save(tensors, path, header)
+    logger.info("%s: trained, validation IoU %.4f, saved %s", name, result.best_val_iou, path)
+    return path, record
+
+
+def load_zoo_model(path: Path, device: Any = "cpu") -> Any:
+    """A leaderboard model from its weights file (architecture from the header record)."""
+    from safetensors.torch import load_file
+
+    from synthesis.models.zoo import build
+
+    record = _read_record(path)
+    model = build(record["name"], record["settings"]["preset"], seed=record["seed"])
+    model.load_state_dict(load_file(str(path)), strict=True)
+    return model.to(device).eval()
+
+
+def _evaluated(
+    opts: LeaderboardOptions,
+    name: str,
+    weights: Path,
+    record: dict[str, Any],
+    device: Any,
+    progress: ProgressFactory | None,
+) -> dict[str, Any]:
+    from builder.evaluation import evaluate, write_reports
+    from builder.evaluation.models import ModelInfo
+
+    path = _results_path(opts, name)
+    sha = sha256_file(weights)
+    if path.exists():
+        try:
+            results = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            results = None
+        if results is not None and results.get("model", {}).get("sha256") == sha:
+            logger.info("%s: results found (%s), not re-evaluating", name, path)
+            return results
+    model = load_zoo_model(weights, device)
+    info = ModelInfo(model, f"{name} ({record['family']})", sha)
+    results = evaluate(
+        opts.data,
+        opts.config,
+        model=info,
+        attacks=list(WHITEBOX),
+        normalize=opts.recipe().normalize,
+        device=str(device),
+        batch_size=8,
+        progress=progress,
+    )
+    write_reports(path.parent, results, stem=name)
+    return results
+
+
+# --------------------------------------------------------------------------- summary
+def _mean(values: list[float]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None
+
+
+def _entry(
+    name: str, record: dict[str, Any], sha: str, results: dict[str, Any], out: Path
+) -> dict[str, Any]:
+    splits = results["splits"]
+    families = results.get("families", {})
+
+    def rob(split: str) -> float | None:
+        r = splits.get(split)
+        return None if r is None else r.get("robustness")
+
+    per_family = {f: v["mean_robustness"] for f, v in families.items()}
+    return {
+        "model": name,
+        "family": record["family"],
+        "library": record["library"],
+        "parameters": record["parameters"],
+        "weights": f"models/{name}.safetensors",
+        "sha256": sha,
+        "best_val_iou": record["best_val_iou"],
+        "test_iou": splits["test"]["iou"],
+        "robustness": per_family,
+        "corruption_robustness": _mean([per_family.get(f) for f in CORRUPTION_FAMILIES]),
+        "whitebox_robustness": {f"{m}_{e:g}": rob(f"whitebox_{m}_{e:g}") for m, e in WHITEBOX},
+        "adversarial_robustness": rob("whitebox_pgd_8"),
+        "transfer_robustness": _mean([rob(s) for s in TRANSFER_SPLITS]),
+        "results": (out / "results" / f"{name}.json").relative_to(out).as_posix(),
+    }
+
+
+def ranks(values: list[float]) -> list[float]:
+    """Ranks 1..n, ties sharing their mean rank (as Spearman's coefficient needs)."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def spearman(x: list[float], y: list[float]) -> float | None:
+    """Spearman's rank correlation (Pearson on tie-averaged ranks); None below 3 pairs or
+    with a constant side."""
+    if len(x) != len(y) or len(x) < 3:
+        return None
+    rx, ry = ranks(x), ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    sxx = sum((a - mx) ** 2 for a in rx)
+    syy = sum((b - my) ** 2 for b in ry)
+    return None if sxx == 0 or syy == 0 else sxy / math.sqrt(sxx * syy)
+
+
+def correlation(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    pairs = [
+        (e["corruption_robustness"], e["adversarial_robustness"])
+        for e in entries
+        if e["corruption_robustness"] is not None and e["adversarial_robustness"] is not None
+    ]
+    rho = spearman([p[0] for p in pairs], [p[1] for p in pairs])
+    return {
+        "x": "corruption_robustness",
+        "y": "adversarial_robustness",
+        "models": len(pairs),
+        "spearman": rho,
+    }
+
+
+def _fmt(v: Any, digits: int = 1) -> str:
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        return f"{v:.{digits}f}"
+    return "—"
+
+
+def leaderboard_markdown(board: dict[str, Any]) -> str:
+    families = sorted({f for e in board["models"] for f in e["robustness"]})
+    shown = [f for f in ("snr", "sib", "svb", "fgsm", "ifgsm", "pgd") if f in families]
+    head = (
+        "| rank | model | family | parameters | test IoU | "
+        + " | ".join(shown)
+        + " | corruption | white-box PGD ε8 | transfer ε8 |"
+    )
+    lines = [
+        f"# FluoroBench-C leaderboard: {board['config']}",
+        "",
+        f"Preset `{board['settings']['preset']}`, recipe {json.dumps(board['settings']['recipe'])}, "
+        f"seed {board['settings']['seed']}, data `{board['settings']['data']}`, "
+        f"machine: {board.get('machine', board['device'])}. "
+        "Ranked by corruption robustness (mean of the SNR, SIB and SVB family means; "
+        "robustness = IoU / IoU on `test` × 100).",
+        "",
+        head,
+        "|---:|---|---|---:|---:|" + "---:|" * len(shown) + "---:|---:|---:|",
+    ]
+    ranked = sorted(
+        board["models"],
+        key=lambda e: (
+            -(e["corruption_robustness"] if e["corruption_robustness"] is not None else -1e9)
+        ),
+    )
+    for i, e in enumerate(ranked, start=1):
+        lines.append(
+            f"| {i} | `{e['model']}` | {e['family']} | {e['parameters']:,} | "
+            f"{_fmt(e['test_iou'], 3)} | "
+            + " | ".join(_fmt(e["robustness"].get(f)) for f in shown)
+            + f" | {_fmt(e['corruption_robustness'])} | {_fmt(e['adversarial_robustness'])} | "
+            f"{_fmt(e['transfer_robustness'])} |"
+        )
+    c = board["correlation"]
+    lines += [
+        "",
+        f"Spearman rank correlation between corruption and adversarial (white-box PGD ε8) "
+        f"robustness over {c['models']} models: **{_fmt(c['spearman'], 2)}**.",
+        "",
+        "White-box robustness at ε = 8 per attack:",
+        "",
+        "| model | " + " | ".join(board["whitebox"]) + " |",
+        "|---|" + "---:|" * len(board["whitebox"]),
+    ]
+    for e in ranked:
+        lines.append(
+            f"| `{e['model']}` | "
+            + " | ".join(_fmt(v) for v in e["whitebox_robustness"].values())
+            + " |"
+        )
+    lines += ["", "| model | weights | sha256 |", "|---|---|---|"]
+    lines += [f"| `{e['model']}` | `{e['weights']}` | `{e['sha256']}` |" for e in ranked]
+    return "\n".join(lines) + "\n"
+
+
+def plot_leaderboard(board: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Draw ``leaderboard.png``; return the values it plotted (bars per series, scatter)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from synthesis.files import temporary_name
+
+    models = [e["model"] for e in board["models"]]
+    families = [
+        f
+        for f in ("snr", "sib", "svb", "fgsm", "ifgsm", "pgd")
+        if any(f in e["robustness"] for e in board["models"])
+    ]
+    plotted: dict[str, Any] = {"models": models, "bars": {}, "scatter": []}
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    width = 0.8 / max(1, len(families) + 1)
+    for k, f in enumerate([*families, "whitebox PGD ε8"]):
+        vals = [
+            (e["adversarial_robustness"] if f.startswith("whitebox") else e["robustness"].get(f))
+            or 0.0
+            for e in board["models"]
+        ]
+        ax1.bar([i + k * width for i in range(len(models))], vals, width, label=f)
+        plotted["bars"][f] = vals
+    ax1.set_xticks(
+        [i + width * len(families) / 2 for i in range(len(models))], models, rotation=30, ha="right"
+    )
+    ax1.set_ylabel("robustness (IoU / IoU on test × 100)")
+    ax1.set_title(f"{board['config']}: robustness per family")
+    ax1.legend(fontsize=7, ncol=2)
+    xs = [e["corruption_robustness"] for e in board["models"]]
+    ys = [e["adversarial_robustness"] for e in board["models"]]
+    ax2.scatter([x or 0 for x in xs], [y or 0 for y in ys])
+    plotted["scatter"] = list(zip(xs, ys, strict=True))
+    for e, x, y in zip(board["models"], xs, ys, strict=True):
+        ax2.annotate(
+            e["model"], (x or 0, y or 0), fontsize=8, xytext=(3, 3), textcoords="offset points"
+        )
+    rho = board["correlation"]["spearman"]
+    ax2.set_xlabel("corruption robustness (mean of SNR, SIB, SVB)")
+    ax2.set_ylabel("white-box PGD ε8 robustness")
+    ax2.set_title(f"Spearman ρ = {_fmt(rho, 2)} ({board['correlation']['models']} models)")
+    fig.tight_layout()
+    tmp = temporary_name(path)
+    fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return plotted
+
+
+def write_leaderboard(out: Path, board: dict[str, Any]) -> None:
+    atomic_write_bytes(
+        out / "leaderboard.json", (json.dumps(board, indent=2, sort_keys=True) + "\n").encode()
+    )
+    atomic_write_bytes(out / "leaderboard.md", leaderboard_markdown(board).encode())
+    plot_leaderboard(board, out / "leaderboard.png")

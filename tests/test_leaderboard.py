@@ -1,0 +1,137 @@
+"""The leaderboard: every zoo model fits ``evaluate``; the command runs end to end on a tiny
+package, resumes after a kill, and its JSON, Markdown and plot agree."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from builder.cli import main
+from tests.conftest import ROOT
+
+pytest.importorskip("monai")
+pytest.importorskip("einops")
+
+from builder.experiments.leaderboard import (
+    leaderboard_markdown,
+    plot_leaderboard,
+    ranks,
+    spearman,
+)
+from synthesis.models.zoo import ZOO, build, count_parameters
+
+MODELS = "unet,res_unet"
+TINY = ["--epochs", "1", "--batch-size", "2", "--device", "cpu", "--seed", "4"]
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_every_zoo_model_maps_images_to_logits_evaluate_accepts(name: str, one_thread):
+    from builder.evaluation.models import predict
+
+    model = build(name, "small", seed=1).eval()
+    x = torch.randn(2, 1, 256, 256, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(x)
+    assert logits.shape == (2, 1, 256, 256) and logits.dtype == torch.float32
+    mask = predict(model, x)  # evaluate's own check and threshold
+    assert mask.shape == (2, 1, 256, 256) and mask.dtype == torch.bool
+    assert count_parameters(model) > 1000
+    again = build(name, "small", seed=1)  # the seed decides the weights
+    for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    before = torch.random.get_rng_state()
+    build(name, "small", seed=2)
+    assert torch.equal(before, torch.random.get_rng_state())  # the global RNG untouched
+
+
+def test_spearman_matches_scipy_with_ties():
+    from scipy.stats import spearmanr
+
+    x = [3.0, 1.0, 2.0, 2.0, 5.0, 4.0]
+    y = [10.0, 2.0, 7.0, 3.0, 9.0, 9.0]
+    assert ranks([2.0, 1.0, 2.0]) == [2.5, 1.0, 2.5]
+    assert spearman(x, y) == pytest.approx(spearmanr(x, y).statistic, abs=1e-12)
+    assert spearman([1.0, 2.0], [2.0, 1.0]) is None  # fewer than 3 models
+
+
+def _run_cli(out: Path, data: Path) -> subprocess.Popen:
+    code = "import sys; from builder.cli import main; sys.exit(main())"
+    args = ["leaderboard", "--data", str(data), "--config", "mito", "--models", MODELS]
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args, *TINY, "--out", str(out)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def test_leaderboard_end_to_end_resumes_after_a_kill_and_outputs_agree(
+    small_package: Path, tmp_path: Path
+):
+    out = tmp_path / "board"
+    first = out / "models" / "unet.safetensors"
+    proc = _run_cli(out, small_package)
+    deadline = time.monotonic() + 600
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert first.exists(), "the first model was not saved before the kill"
+    assert not (out / "leaderboard.json").exists()
+    kept = (first.stat().st_mtime_ns, first.read_bytes())
+
+    args = ["leaderboard", "--data", str(small_package), "--config", "mito", "--models", MODELS]
+    assert main([*args, *TINY, "--out", str(out)]) == 0
+    assert (first.stat().st_mtime_ns, first.read_bytes()) == kept  # not retrained
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert [e["model"] for e in board["models"]] == MODELS.split(",")
+    from synthesis.files import sha256_file
+
+    for e in board["models"]:
+        assert e["sha256"] == sha256_file(out / e["weights"])
+        assert 0.0 <= e["test_iou"] <= 1.0 and e["parameters"] > 0
+        assert set(e["whitebox_robustness"]) == {"fgsm_8", "pgd_8", "segpgd_8"}
+        assert e["adversarial_robustness"] == e["whitebox_robustness"]["pgd_8"]
+        results = json.loads((out / e["results"]).read_text())
+        assert results["model"]["sha256"] == e["sha256"]
+        for family in ("snr", "sib", "svb", "fgsm", "ifgsm", "pgd"):
+            assert e["robustness"][family] == results["families"][family]["mean_robustness"]
+
+    # The Markdown is the JSON, formatted; the plot shows the JSON's values.
+    md = (out / "leaderboard.md").read_text()
+    assert md == leaderboard_markdown(board)
+    for e in board["models"]:
+        row = next(
+            line
+            for line in md.splitlines()
+            if line.startswith("| ") and f"`{e['model']}` |" in line and e["family"] in line
+        )
+        assert f"{e['test_iou']:.3f}" in row and f"{e['corruption_robustness']:.1f}" in row
+        assert f"{e['adversarial_robustness']:.1f}" in row
+    plotted = plot_leaderboard(board, tmp_path / "again.png")
+    assert (out / "leaderboard.png").stat().st_size > 10_000
+    assert plotted["models"] == [e["model"] for e in board["models"]]
+    assert plotted["scatter"] == [
+        (e["corruption_robustness"], e["adversarial_robustness"]) for e in board["models"]
+    ]
+    assert plotted["bars"]["snr"] == [e["robustness"]["snr"] for e in board["models"]]
+
+    # A finished board re-runs without training or evaluating anything.
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "results").glob("*.json")}
+    assert main([*args, *TINY, "--out", str(out)]) == 0
+    assert stamps == {p: p.stat().st_mtime_ns for p in (out / "results").glob("*.json")}
+
+    # Other settings are refused without --overwrite.
+    assert (
+        main([*args, "--epochs", "2", "--batch-size", "2", "--device", "cpu", "--out", str(out)])
+        == 2
+    )
