@@ -45,6 +45,10 @@ logger = logging.getLogger(__name__)
 WHITEBOX: tuple[tuple[str, float], ...] = (("fgsm", 8.0), ("pgd", 8.0), ("segpgd", 8.0))
 #: Families averaged into corruption robustness.
 CORRUPTION_FAMILIES: tuple[str, ...] = ("snr", "sib", "svb")
+#: A model whose test IoU is below this share of the best one did not learn the task in the
+#: budget: its robustness (near 100 for near-constant predictions) is not comparable, so it
+#: is ranked last and left out of the correlation.
+CONVERGED_SHARE = 0.5
 #: Transfer-attack splits averaged into transfer robustness.
 TRANSFER_SPLITS: tuple[str, ...] = ("fgsm_8", "ifgsm_8", "pgd_8")
 HEADER_KEY = "fluorobench.zoo"
@@ -64,7 +68,7 @@ class Recipe:
 #: ``small``: indicative, about 20 minutes for one config of the quickstart package on a
 #: 2-core CPU; ``full``: the original widths and a longer schedule, for a GPU.
 RECIPES: dict[str, Recipe] = {
-    "small": Recipe(epochs=6, batch_size=4, lr=2e-3),
+    "small": Recipe(epochs=18, batch_size=4, lr=2e-3),
     "full": Recipe(epochs=100, batch_size=16, lr=1e-3),
 }
 DEFAULT_MODELS: tuple[str, ...] = (
@@ -144,6 +148,9 @@ def leaderboard(opts: LeaderboardOptions, *, progress: ProgressFactory | None = 
         entries.append(_entry(name, record, sha256_file(weights), results, out))
         bar.update()
     bar.close()
+    best = max(e["test_iou"] for e in entries)
+    for e in entries:
+        e["converged"] = e["test_iou"] >= CONVERGED_SHARE * best
     board = {
         "config": opts.config,
         "machine": _machine(device),
@@ -371,7 +378,9 @@ def correlation(entries: list[dict[str, Any]]) -> dict[str, Any]:
     pairs = [
         (e["corruption_robustness"], e["adversarial_robustness"])
         for e in entries
-        if e["corruption_robustness"] is not None and e["adversarial_robustness"] is not None
+        if e.get("converged", True)
+        and e["corruption_robustness"] is not None
+        and e["adversarial_robustness"] is not None
     ]
     rho = spearman([p[0] for p in pairs], [p[1] for p in pairs])
     return {
@@ -388,6 +397,16 @@ def _fmt(v: Any, digits: int = 1) -> str:
     return "—"
 
 
+def ranked_entries(board: dict[str, Any]) -> list[dict[str, Any]]:
+    """Converged models by corruption robustness (highest first), then the others."""
+
+    def key(e: dict[str, Any]) -> tuple[int, float]:
+        rob = e["corruption_robustness"]
+        return (0 if e.get("converged", True) else 1, -(rob if rob is not None else -1e9))
+
+    return sorted(board["models"], key=key)
+
+
 def leaderboard_markdown(board: dict[str, Any]) -> str:
     families = sorted({f for e in board["models"] for f in e["robustness"]})
     shown = [f for f in ("snr", "sib", "svb", "fgsm", "ifgsm", "pgd") if f in families]
@@ -399,24 +418,22 @@ def leaderboard_markdown(board: dict[str, Any]) -> str:
     lines = [
         f"# FluoroBench-C leaderboard: {board['config']}",
         "",
-        f"Preset `{board['settings']['preset']}`, recipe {json.dumps(board['settings']['recipe'])}, "
+        f"Preset `{board['settings']['preset']}`, recipe {json.dumps(board['settings']['recipe'], sort_keys=True)}, "
         f"seed {board['settings']['seed']}, data `{board['settings']['data']}`, "
         f"machine: {board.get('machine', board['device'])}. "
         "Ranked by corruption robustness (mean of the SNR, SIB and SVB family means; "
-        "robustness = IoU / IoU on `test` × 100).",
+        "robustness = IoU / IoU on `test` × 100); a model whose test IoU is below half the "
+        "best did not learn in the budget and is listed last, unranked.",
         "",
         head,
         "|---:|---|---|---:|---:|" + "---:|" * len(shown) + "---:|---:|---:|",
     ]
-    ranked = sorted(
-        board["models"],
-        key=lambda e: (
-            -(e["corruption_robustness"] if e["corruption_robustness"] is not None else -1e9)
-        ),
-    )
+    ranked = ranked_entries(board)
     for i, e in enumerate(ranked, start=1):
+        rank = str(i) if e.get("converged", True) else "—"
+        note = "" if e.get("converged", True) else " (did not learn: test IoU < half the best)"
         lines.append(
-            f"| {i} | `{e['model']}` | {e['family']} | {e['parameters']:,} | "
+            f"| {rank} | `{e['model']}`{note} | {e['family']} | {e['parameters']:,} | "
             f"{_fmt(e['test_iou'], 3)} | "
             + " | ".join(_fmt(e["robustness"].get(f)) for f in shown)
             + f" | {_fmt(e['corruption_robustness'])} | {_fmt(e['adversarial_robustness'])} | "

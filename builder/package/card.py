@@ -401,7 +401,7 @@ def _leaderboards(manifest: dict[str, Any], out: Path | None) -> str:
         s = board["settings"]
         rows = sorted(
             board["models"],
-            key=lambda e: -(e["corruption_robustness"] or -1e9),
+            key=lambda e: (not e.get("converged", True), -(e["corruption_robustness"] or -1e9)),
         )
         lines = [
             f"**{CONFIG_TITLES[c]}** (`{path.relative_to(out).as_posix()}`): preset "
@@ -413,8 +413,9 @@ def _leaderboards(manifest: dict[str, Any], out: Path | None) -> str:
             "|---:|---|---|---:|---:|---:|---:|---:|",
         ]
         for i, e in enumerate(rows, start=1):
+            rank = str(i) if e.get("converged", True) else "— (did not learn)"
             lines.append(
-                f"| {i} | `{e['model']}` | {e['family']} | {e['parameters']:,} | "
+                f"| {rank} | `{e['model']}` | {e['family']} | {e['parameters']:,} | "
                 f"{_fmt(e['test_iou'])} | {_fmt(e['corruption_robustness'], 1)} | "
                 f"{_fmt(e['adversarial_robustness'], 1)} | {_fmt(e['transfer_robustness'], 1)} |"
             )
