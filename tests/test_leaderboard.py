@@ -135,3 +135,35 @@ def test_leaderboard_end_to_end_resumes_after_a_kill_and_outputs_agree(
         main([*args, "--epochs", "2", "--batch-size", "2", "--device", "cpu", "--out", str(out)])
         == 2
     )
+
+
+def test_the_card_shows_a_leaderboard_in_the_package(tmp_path: Path):
+    from builder.package.card import _leaderboards, leaderboard_path
+
+    entry = {
+        "model": "unet",
+        "family": "plain encoder-decoder (reference)",
+        "parameters": 121033,
+        "test_iou": 0.8961,
+        "corruption_robustness": 73.04,
+        "adversarial_robustness": 65.61,
+        "transfer_robustness": 86.64,
+        "converged": True,
+    }
+    lost = {**entry, "model": "res_unet", "test_iou": 0.1, "converged": False}
+    board = {
+        "settings": {"preset": "small", "recipe": {"epochs": 18, "batch_size": 4}},
+        "machine": "x86_64, 2 cores, no GPU, torch 2.13.0+cpu",
+        "models": [lost, entry],
+        "correlation": {"spearman": 0.7619},
+    }
+    manifest = {"configs": {"mito": {}}}
+    assert "No leaderboard in this package" in _leaderboards(manifest, tmp_path)
+    path = leaderboard_path(tmp_path, "mito")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(board))
+    text = _leaderboards(manifest, tmp_path)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "`" in line]
+    assert rows[0].startswith("| 1 | `unet` |") and "0.896 | 73.0 | 65.6 | 86.6 |" in rows[0]
+    assert rows[1].startswith("| — (did not learn) | `res_unet` |")
+    assert "2 cores" in text and "0.76" in text and "18 epochs" in text
