@@ -167,3 +167,14 @@ def test_the_card_shows_a_leaderboard_in_the_package(tmp_path: Path):
     assert rows[0].startswith("| 1 | `unet` |") and "0.896 | 73.0 | 65.6 | 86.6 |" in rows[0]
     assert rows[1].startswith("| — (did not learn) | `res_unet` |")
     assert "2 cores" in text and "0.76" in text and "18 epochs" in text
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_leaderboard_runs_on_cuda(small_package: Path, tmp_path: Path):
+    args = ["leaderboard", "--data", str(small_package), "--config", "mito"]
+    args += ["--models", "unet,swin_unetr", "--epochs", "1", "--batch-size", "2"]
+    assert main([*args, "--device", "cuda", "--out", str(tmp_path / "gpu")]) == 0
+    board = json.loads((tmp_path / "gpu" / "leaderboard.json").read_text())
+    assert board["device"].startswith("cuda") and len(board["models"]) == 2
+    assert all(0.0 <= e["test_iou"] <= 1.0 for e in board["models"])
