@@ -86,19 +86,8 @@ def _basic_kwargs(p: str) -> dict[str, Any]:
     return {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "features": f}
 
 
-def _res_kwargs(p: str) -> dict[str, Any]:
-    ch = (8, 16, 32, 64) if _small(p) else (32, 64, 128, 256, 512)
-    return {
-        "spatial_dims": 2,
-        "in_channels": 1,
-        "out_channels": 1,
-        "channels": ch,
-        "strides": (2,) * (len(ch) - 1),
-        "num_res_units": 2,
-    }
-
-
 def _attention_kwargs(p: str) -> dict[str, Any]:
+    """MONAI's ``AttentionUnet``; with residual units added, its ``UNet`` (same widths)."""
     ch = (8, 16, 32, 64) if _small(p) else (32, 64, 128, 256, 512)
     return {
         "spatial_dims": 2,
@@ -107,6 +96,10 @@ def _attention_kwargs(p: str) -> dict[str, Any]:
         "channels": ch,
         "strides": (2,) * (len(ch) - 1),
     }
+
+
+def _res_kwargs(p: str) -> dict[str, Any]:
+    return {**_attention_kwargs(p), "num_res_units": 2}
 
 
 def _segresnet_kwargs(p: str) -> dict[str, Any]:
