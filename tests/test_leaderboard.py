@@ -178,3 +178,12 @@ def test_leaderboard_runs_on_cuda(small_package: Path, tmp_path: Path):
     board = json.loads((tmp_path / "gpu" / "leaderboard.json").read_text())
     assert board["device"].startswith("cuda") and len(board["models"]) == 2
     assert all(0.0 <= e["test_iou"] <= 1.0 for e in board["models"])
+
+
+def test_without_the_zoo_extra_one_clear_line(monkeypatch, tmp_path: Path, capsys):
+    monkeypatch.setitem(sys.modules, "monai.networks.nets", None)  # as if not installed
+    args = ["leaderboard", "--data", str(tmp_path), "--config", "mito", "--models", "res_unet"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "pip install 'fluorobench-c[zoo]'" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out" / "models").exists()  # nothing trained

@@ -136,6 +136,13 @@ def leaderboard(opts: LeaderboardOptions, *, progress: ProgressFactory | None = 
         raise InputError(f"unknown model(s) {', '.join(unknown)}; the zoo has {', '.join(ZOO)}")
     if not opts.models:
         raise InputError("--models names no model")
+    if any(ZOO[m].library == "monai" for m in opts.models):
+        from synthesis.models.zoo import require_monai
+
+        try:
+            require_monai()
+        except ImportError as exc:  # before anything is trained: one clear line
+            raise InputError(str(exc)) from None
     opts.recipe()
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)

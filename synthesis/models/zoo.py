@@ -43,7 +43,15 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["PRESETS", "ZOO", "ZooEntry", "build", "count_parameters", "zoo_names"]
+__all__ = [
+    "PRESETS",
+    "ZOO",
+    "ZooEntry",
+    "build",
+    "count_parameters",
+    "require_monai",
+    "zoo_names",
+]
 
 PRESETS: tuple[str, ...] = ("small", "full")
 #: The image size the transformer entries are built for.
@@ -62,13 +70,19 @@ class ZooEntry:
 
 def _monai() -> Any:
     try:
+        import einops  # noqa: F401  (MONAI's transformers need it)
         import monai.networks.nets as nets
     except ImportError as exc:  # the optional extra
         raise ImportError(
-            "the leaderboard's zoo needs MONAI: pip install 'fluorobench-c[zoo]' (or pip "
-            "install monai)"
+            f"the leaderboard's zoo needs MONAI and einops ({exc}): pip install "
+            "'fluorobench-c[zoo]'"
         ) from exc
     return nets
+
+
+def require_monai() -> None:
+    """Raise ImportError (with the install command) when the ``[zoo]`` extra is missing."""
+    _monai()
 
 
 def _small(preset: str) -> bool:
