@@ -22,6 +22,7 @@ preview) and one after (``builder.package.shards``), in the same run:
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -105,7 +106,7 @@ def column_share(paths: list[Path], column: str) -> float:
 def read_rate(pkg: Path, config: str, columns: tuple[str, ...] | None) -> tuple[float, int]:
     import fluorobench_c
 
-    manifest = __import__("json").loads((pkg / "manifest.json").read_text())
+    manifest = json.loads((pkg / "manifest.json").read_text())
     rows = 0
     t = time.perf_counter()
     for split, entry in manifest["configs"][config]["splits"].items():

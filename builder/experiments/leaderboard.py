@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from builder.package.leaderboard import ranked_entries
 from synthesis.errors import InputError, RefusedError
 from synthesis.files import atomic_write_bytes, sha256_file
 from synthesis.progress import ProgressFactory, no_progress
@@ -149,10 +150,11 @@ def leaderboard(opts: LeaderboardOptions, *, progress: ProgressFactory | None = 
     device = resolve_device(opts.device)
     bar = (progress or no_progress)(len(opts.models), f"{opts.config} leaderboard", "model")
     entries = []
+    splits: dict[str, Any] = {}  # train/validation tensors, read once, when a model trains
     for name in opts.models:
-        weights, record = _trained(opts, name, device, progress)
-        results = _evaluated(opts, name, weights, record, device, progress)
-        entries.append(_entry(name, record, sha256_file(weights), results, out))
+        weights, record, sha = _trained(opts, name, device, progress, splits)
+        results = _evaluated(opts, name, weights, record, sha, device, progress)
+        entries.append(_entry(name, record, sha, results, out))
         bar.update()
     bar.close()
     best = max(e["test_iou"] for e in entries)
@@ -194,20 +196,24 @@ def _results_path(opts: LeaderboardOptions, name: str) -> Path:
 
 
 def _read_record(path: Path) -> dict[str, Any]:
-    from safetensors import safe_open
+    from synthesis.models.weights import read_record
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if HEADER_KEY not in meta:
-        raise RefusedError(f"{path}: not a leaderboard model (no {HEADER_KEY} header)")
-    return json.loads(meta[HEADER_KEY])
+    try:
+        return read_record(path, HEADER_KEY, "leaderboard model")
+    except ValueError as exc:
+        raise RefusedError(str(exc)) from None
 
 
 def _trained(
-    opts: LeaderboardOptions, name: str, device: Any, progress: ProgressFactory | None
-) -> tuple[Path, dict[str, Any]]:
-    """The weights of ``name``: read back if a finished file matches the settings, else
-    trained and written atomically."""
+    opts: LeaderboardOptions,
+    name: str,
+    device: Any,
+    progress: ProgressFactory | None,
+    splits: dict[str, Any],
+) -> tuple[Path, dict[str, Any], str]:
+    """``(weights file, its record, its sha256)`` of ``name``: read back if a finished file
+    matches the settings, else trained and written atomically. ``splits`` caches the
+    normalised train/validation tensors across models."""
     from builder.build.reference import read_split
     from synthesis.models.training import train_segmenter
     from synthesis.models.weights import atomic_save
@@ -221,7 +227,7 @@ def _trained(
         record = _read_record(path)
         if record["settings"] == settings:
             logger.info("%s: trained weights found (%s), not retraining", name, path)
-            return path, record
+            return path, record, sha256_file(path)
         if not opts.overwrite:
             raise RefusedError(
                 f"{path} was trained with other settings ({record['settings']}); pass "
@@ -230,15 +236,15 @@ def _trained(
     recipe = opts.recipe()
     seed = derive_seed(opts.seed, "leaderboard", opts.config, name) % (2**31)
     model = build(name, opts.preset, seed=seed)
-    x_train, m_train = read_split(opts.data, opts.config, "train")
-    x_val, m_val = read_split(opts.data, opts.config, "validation")
+    if not splits:
+        for split in ("train", "validation"):
+            x, m = read_split(opts.data, opts.config, split)
+            splits[split] = (normalize(x, recipe.normalize), m)
     bar = (progress or no_progress)(recipe.epochs, f"{opts.config} {name}", "epoch")
     result = train_segmenter(
         model,
-        normalize(x_train, recipe.normalize),
-        m_train,
-        normalize(x_val, recipe.normalize),
-        m_val,
+        *splits["train"],
+        *splits["validation"],
         epochs=recipe.epochs,
         batch_size=recipe.batch_size,
         lr=recipe.lr,
@@ -264,18 +270,19 @@ def _trained(
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     header = {HEADER_KEY: json.dumps(record, sort_keys=True, default=str)}
-    atomic_save(tensors, path, header)
+    sha = atomic_save(tensors, path, header)
     logger.info("%s: trained, validation IoU %.4f, saved %s", name, result.best_val_iou, path)
-    return path, record
+    return path, record, sha
 
 
-def load_zoo_model(path: Path, device: Any = "cpu") -> Any:
-    """A leaderboard model from its weights file (architecture from the header record)."""
+def load_zoo_model(path: Path, device: Any = "cpu", record: dict[str, Any] | None = None) -> Any:
+    """A leaderboard model from its weights file (architecture from the header record,
+    read from the file unless given)."""
     from safetensors.torch import load_file
 
     from synthesis.models.zoo import build
 
-    record = _read_record(path)
+    record = record if record is not None else _read_record(path)
     model = build(record["name"], record["settings"]["preset"], seed=record["seed"])
     model.load_state_dict(load_file(str(path)), strict=True)
     return model.to(device).eval()
@@ -286,6 +293,7 @@ def _evaluated(
     name: str,
     weights: Path,
     record: dict[str, Any],
+    sha: str,
     device: Any,
     progress: ProgressFactory | None,
 ) -> dict[str, Any]:
@@ -293,7 +301,6 @@ def _evaluated(
     from builder.evaluation.models import ModelInfo
 
     path = _results_path(opts, name)
-    sha = sha256_file(weights)
     if path.exists():
         try:
             results = json.loads(path.read_text())
@@ -302,7 +309,7 @@ def _evaluated(
         if results is not None and results.get("model", {}).get("sha256") == sha:
             logger.info("%s: results found (%s), not re-evaluating", name, path)
             return results
-    model = load_zoo_model(weights, device)
+    model = load_zoo_model(weights, device, record)
     info = ModelInfo(model, f"{name} ({record['family']})", sha)
     results = evaluate(
         opts.data,
@@ -402,16 +409,6 @@ def _fmt(v: Any, digits: int = 1) -> str:
     if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
         return f"{v:.{digits}f}"
     return "—"
-
-
-def ranked_entries(board: dict[str, Any]) -> list[dict[str, Any]]:
-    """Converged models by corruption robustness (highest first), then the others."""
-
-    def key(e: dict[str, Any]) -> tuple[int, float]:
-        rob = e["corruption_robustness"]
-        return (0 if e.get("converged", True) else 1, -(rob if rob is not None else -1e9))
-
-    return sorted(board["models"], key=key)
 
 
 def leaderboard_markdown(board: dict[str, Any]) -> str:

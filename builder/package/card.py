@@ -24,7 +24,7 @@ from datasets import DatasetInfo, Features, SplitDict, SplitInfo
 from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCardData
 
-from builder.package.leaderboard import write_benchmark_declaration
+from builder.package.leaderboard import ranked_entries, write_benchmark_declaration
 from builder.package.manifest import split_files, split_num_bytes
 from builder.package.samples import grid_path, write_sample_grids
 from synthesis.files import atomic_write_bytes
@@ -399,10 +399,7 @@ def _leaderboards(manifest: dict[str, Any], out: Path | None) -> str:
             logger.warning("not rendering %s: %s", path, exc)
             continue
         s = board["settings"]
-        rows = sorted(
-            board["models"],
-            key=lambda e: (not e.get("converged", True), -(e["corruption_robustness"] or -1e9)),
-        )
+        rows = ranked_entries(board)
         lines = [
             f"**{CONFIG_TITLES[c]}** (`{path.relative_to(out).as_posix()}`): preset "
             f"`{s['preset']}`, {s['recipe']['epochs']} epochs, batch {s['recipe']['batch_size']}, "

@@ -1,5 +1,6 @@
 """The Hub's evaluation-results format: the benchmark's ``eval.yaml`` and models'
-``.eval_results/*.yaml``.
+``.eval_results/*.yaml``; and the rank order of a ``leaderboard.json`` (shared by
+``fluorobench-c leaderboard`` and the dataset card).
 
 How the Hub ranks models (https://huggingface.co/docs/hub/eval-results): a benchmark dataset
 declares its tasks in ``eval.yaml`` at the repo root (``name``, ``description``,
@@ -113,6 +114,17 @@ def eval_results_yaml(entries: list[dict[str, Any]]) -> bytes:
 def eval_results_name(config: str) -> str:
     """The file of a config's entries in a model repo: ``.eval_results/fluorobench-c-<config>.yaml``."""
     return f"{EVAL_RESULTS_DIR}/{FRAMEWORK}-{config}.yaml"
+
+
+def ranked_entries(board: dict[str, Any]) -> list[dict[str, Any]]:
+    """The models of a ``leaderboard.json`` in rank order: converged models by corruption
+    robustness (highest first), then those that did not learn (``converged`` false)."""
+
+    def key(e: dict[str, Any]) -> tuple[int, float]:
+        rob = e["corruption_robustness"]
+        return (0 if e.get("converged", True) else 1, -(rob if rob is not None else -1e9))
+
+    return sorted(board["models"], key=key)
 
 
 def _finite(value: Any) -> bool:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,8 @@ from synthesis.levels import CONFIG_TITLES, CONFIGS
 
 logger = logging.getLogger(__name__)
 
-#: The header key of :func:`synthesis.models.unet.save_model` records.
+#: The header key of :func:`synthesis.models.unet.save_model` records (``_HEADER_KEY`` there;
+#: not imported: that module needs torch, this layer must not).
 _HEADER_KEY = "fluorobench.model"
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -47,21 +47,19 @@ def package_model(out: Path, config: str) -> Path:
 
 
 def read_header_record(path: Path) -> dict[str, Any]:
-    """The FluoroBench-C record of a safetensors file's header (architecture, metadata).
+    """The FluoroBench-C record of a safetensors file's header (architecture, metadata),
+    read with safetensors' numpy backend (no torch in this layer).
 
     Raises:
         InputError: not a safetensors file, or no FluoroBench-C record in its header.
     """
-    with path.open("rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise InputError(f"{path}: not a safetensors file (shorter than 8 bytes)")
-        (n,) = struct.unpack("<Q", head)
-        try:
-            header = json.loads(f.read(n))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InputError(f"{path}: not a safetensors file ({exc})") from None
-    meta = header.get("__metadata__") or {}
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as exc:
+        raise InputError(f"{path}: not a safetensors file ({exc})") from None
     if _HEADER_KEY not in meta:
         raise InputError(f"{path}: no FluoroBench-C model record in its safetensors header")
     return json.loads(meta[_HEADER_KEY])

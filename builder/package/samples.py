@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from builder.package.manifest import split_files
+from builder.package.shards import preview_pixels
 from synthesis.files import atomic_write_bytes
 from synthesis.levels import ATTACK_EPSILONS_GREY, ATTACKS, BLUR_LEVELS, REFERENCE_SNR, SNR_LEVELS
 
@@ -32,7 +33,6 @@ MAX_PNG_BYTES = 300_000
 _CAPTION_PX = 15
 _GAP_PX = 4
 _TITLE_PX = 20
-_PERCENTILES = (0.5, 99.5)
 
 
 def grid_rows() -> list[list[str]]:
@@ -82,9 +82,7 @@ def _tile(array: np.ndarray, size: int, *, scale: bool) -> np.ndarray:
     if a.shape != (size, size):  # area average: keeps the noise statistics honest
         a = np.asarray(Image.fromarray(a, mode="F").resize((size, size), Image.Resampling.BOX))
     if scale:
-        lo, hi = np.percentile(a, _PERCENTILES)
-        hi = hi if hi > lo else lo + 1.0
-        a = (a - lo) / (hi - lo)
+        return preview_pixels(a)
     return (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 

@@ -75,8 +75,9 @@ def encode_mask(mask: np.ndarray) -> bytes:
 
 
 def preview_pixels(array: np.ndarray) -> np.ndarray:
-    """The 8-bit picture of ``array``: scaled to its own :data:`PREVIEW_PERCENTILES`."""
-    a = np.asarray(array, dtype=np.float64)
+    """The 8-bit picture of ``array``: scaled to its own :data:`PREVIEW_PERCENTILES` (float32
+    arithmetic; the card's sample grid scales its tiles with this same function)."""
+    a = np.asarray(array, dtype=np.float32)
     lo, hi = np.percentile(a, PREVIEW_PERCENTILES)
     hi = hi if hi > lo else lo + 1.0
     return (np.clip((a - lo) / (hi - lo), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

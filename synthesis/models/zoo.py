@@ -91,22 +91,24 @@ def _small(preset: str) -> bool:
     return preset == "small"
 
 
+#: What every MONAI entry is: 2-D, one channel in, one foreground logit out.
+_IO: dict[str, Any] = {"spatial_dims": 2, "in_channels": 1, "out_channels": 1}
+
+
 def _unet_kwargs(p: str) -> dict[str, Any]:
     return {"base_channels": 8 if _small(p) else 32, "depth": 4}
 
 
 def _basic_kwargs(p: str) -> dict[str, Any]:
     f = (8, 16, 32, 64, 128, 8) if _small(p) else (32, 32, 64, 128, 256, 32)
-    return {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "features": f}
+    return {**_IO, "features": f}
 
 
 def _attention_kwargs(p: str) -> dict[str, Any]:
     """MONAI's ``AttentionUnet``; with residual units added, its ``UNet`` (same widths)."""
     ch = (8, 16, 32, 64) if _small(p) else (32, 64, 128, 256, 512)
     return {
-        "spatial_dims": 2,
-        "in_channels": 1,
-        "out_channels": 1,
+        **_IO,
         "channels": ch,
         "strides": (2,) * (len(ch) - 1),
     }
@@ -117,12 +119,7 @@ def _res_kwargs(p: str) -> dict[str, Any]:
 
 
 def _segresnet_kwargs(p: str) -> dict[str, Any]:
-    return {
-        "spatial_dims": 2,
-        "in_channels": 1,
-        "out_channels": 1,
-        "init_filters": 8 if _small(p) else 32,
-    }
+    return {**_IO, "init_filters": 8 if _small(p) else 32}
 
 
 def _highresnet_kwargs(p: str) -> dict[str, Any]:
@@ -135,17 +132,15 @@ def _highresnet_kwargs(p: str) -> dict[str, Any]:
             {"name": "conv_1", "n_features": 32, "kernel_size": 1},
             {"name": "conv_2", "kernel_size": 1},
         )
-        return {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "layer_params": layers}
-    return {"spatial_dims": 2, "in_channels": 1, "out_channels": 1}
+        return {**_IO, "layer_params": layers}
+    return dict(_IO)
 
 
 def _unetr_kwargs(p: str) -> dict[str, Any]:
     small = _small(p)
     return {
-        "in_channels": 1,
-        "out_channels": 1,
+        **_IO,
         "img_size": (IMAGE_SIZE, IMAGE_SIZE),
-        "spatial_dims": 2,
         "feature_size": 8 if small else 16,
         "hidden_size": 96 if small else 768,
         "mlp_dim": 192 if small else 3072,
@@ -155,9 +150,7 @@ def _unetr_kwargs(p: str) -> dict[str, Any]:
 
 def _swin_kwargs(p: str) -> dict[str, Any]:
     return {
-        "in_channels": 1,
-        "out_channels": 1,
-        "spatial_dims": 2,
+        **_IO,
         "feature_size": 12 if _small(p) else 48,
         "depths": (1, 1, 1, 1) if _small(p) else (2, 2, 2, 2),
         "num_heads": (3, 6, 12, 24),
