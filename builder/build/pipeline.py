@@ -14,6 +14,14 @@ itself is a list of units (:mod:`builder.build.units`) shared out across the ran
 temporary name and renamed when complete, then recorded, so a re-run of the same command,
 at any world size, resumes and ends with the bytes of an uninterrupted one-process build.
 The rows themselves come from :class:`builder.build.images.ConfigImages`.
+
+Bad input writes nothing. Every rank plans every config (:class:`ConfigPlan` opens the
+source, which reads and checks every image within the caps) before rank 0 creates ``OUT``
+or takes the lock, and the ranks stop together if any rank's source is bad. Reading the
+source up front costs nothing extra: the build reads it anyway, now it does so first. As a
+safety net, a one-process build that fails before writing any unit removes what it wrote
+(the manifest, ``OUT`` itself if this run created it); a multi-process build never removes
+anything on failure, as another rank may still be writing in ``OUT``.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from builder.package.card import write_card
 from builder.package.manifest import (
     FORMAT_VERSION,
     LOCK,
+    MANIFEST,
     BuildError,
     build_lock,
     read_manifest,
@@ -48,6 +57,7 @@ from builder.package.manifest import (
 )
 from synthesis import distributed
 from synthesis.device import resolve_device
+from synthesis.errors import FluoroBenchError
 
 logger = logging.getLogger(__name__)
 
@@ -101,10 +111,12 @@ def build(opts: BuildOptions) -> dict[str, Any]:
     the bytes of a one-process build.
 
     Raises:
-        InputError: bad arguments (nothing is written).
+        InputError: bad arguments, or a bad source (an unreadable or truncated file, an
+            image without its mask, sizes that differ...): nothing is written.
         BuildError: the folder holds something else, or another build holds the lock.
         LaunchError: a rank cannot reach the rendezvous, the ranks were given different
-            arguments, or ``OUT`` is not on a filesystem every rank sees (nothing written).
+            arguments, a rank cannot read the source the others read, or ``OUT`` is not on
+            a filesystem every rank sees (nothing written).
     """
     opts.validate()
     recipe = opts.recipe()
@@ -114,37 +126,116 @@ def build(opts: BuildOptions) -> dict[str, Any]:
     ) as ctx:
         device = ctx.device(device)
         ctx.agree("arguments", {**recipe, "out": str(opts.out), "device": opts.device})
+        # The source is read and checked before OUT is created: bad input writes nothing.
+        # A build already complete is not re-read (its source may be gone: nothing to do).
+        plans = None if _complete_already(ctx, opts, recipe) else _plan(ctx, opts, recipe, device)
         check_shared_folder(ctx, opts.out)
+        existed = opts.out.exists()
+        stub = False  # a one-process run that failed before any unit removed its manifest
         lock = build_lock(opts.out) if ctx.is_main else contextlib.nullcontext()
-        with lock:
-            manifest = _start(ctx, opts, recipe)
-            if manifest.get("complete"):
-                logger.info("%s is already complete; nothing to do", opts.out)
-                return manifest
-            try:
-                plans = {c: ConfigPlan(opts, c, device) for c in recipe["configs"]}
-                run_units(ctx, opts, plans)
-                ctx.arrive("units")
-                if ctx.is_main:
-                    manifest = assemble_manifest(opts, recipe, plans)
-                    write_manifest(opts.out, manifest)
-                    write_card(opts.out, manifest)  # load_dataset reads its YAML: needed below
-                ctx.arrive("card")
-                for config in recipe["configs"]:
-                    if plans[config].trains:
-                        _evaluate_reference(ctx, opts, config, device)
-                if ctx.is_main:
-                    write_card(opts.out, manifest)
-                    manifest["complete"] = True
-                    write_manifest(opts.out, manifest)
-                    clear_records(opts.out)
-                ctx.arrive("written")  # every rank returns the final manifest
-                ctx.leave()
-            except BaseException as exc:
-                ctx.fail(f"rank {ctx.rank}: {type(exc).__name__}: {exc}")
-                raise
+        try:
+            with lock:
+                fresh = not ctx.distributed and not any(p.name != LOCK for p in opts.out.iterdir())
+                manifest = _start(ctx, opts, recipe)
+                if manifest.get("complete"):
+                    logger.info("%s is already complete; nothing to do", opts.out)
+                    return manifest
+                try:
+                    if plans is None:  # the folder changed since it was found complete
+                        plans = _plan(ctx, opts, recipe, device)
+                    run_units(ctx, opts, plans)
+                    ctx.arrive("units")
+                    if ctx.is_main:
+                        manifest = assemble_manifest(opts, recipe, plans)
+                        write_manifest(opts.out, manifest)
+                        write_card(opts.out, manifest)  # load_dataset reads its YAML: needed below
+                    ctx.arrive("card")
+                    for config in recipe["configs"]:
+                        if plans[config].trains:
+                            _evaluate_reference(ctx, opts, config, device)
+                    if ctx.is_main:
+                        write_card(opts.out, manifest)
+                        manifest["complete"] = True
+                        write_manifest(opts.out, manifest)
+                        clear_records(opts.out)
+                    ctx.arrive("written")  # every rank returns the final manifest
+                    ctx.leave()
+                except BaseException as exc:
+                    ctx.fail(f"rank {ctx.rank}: {type(exc).__name__}: {exc}")
+                    if fresh:
+                        stub = _remove_stub(opts.out)
+                    raise
+        finally:
+            if stub and not existed:  # after the lock is gone: only an empty folder goes
+                with contextlib.suppress(OSError):
+                    opts.out.rmdir()
     logger.info("build complete: %s", opts.out)
     return read_manifest(opts.out) or manifest
+
+
+def _complete_already(ctx: distributed.Context, opts: BuildOptions, recipe: dict[str, Any]) -> bool:
+    """Whether ``OUT`` holds this very build, complete (rank 0 reads; every rank gets it).
+
+    A hint only, read without the lock: :func:`_start` decides under the lock."""
+    done = False
+    if ctx.is_main:
+        try:
+            existing = read_manifest(opts.out) if opts.out.is_dir() else None
+        except BuildError:  # unreadable: _start reports it under the lock
+            existing = None
+        done = bool(existing and existing.get("complete") and existing.get("recipe") == recipe)
+    return bool(ctx.broadcast(done))
+
+
+def _plan(
+    ctx: distributed.Context, opts: BuildOptions, recipe: dict[str, Any], device: torch.device
+) -> dict[str, ConfigPlan]:
+    """Every config's plan: its source opened (every image within the caps read and
+    checked), its renderer made, its units listed. Writes nothing.
+
+    Every rank plans, then all learn which ranks failed, so none waits for another in a
+    collective: where every rank failed alike, rank 0 reports the error; where only some
+    did, each of those reports its own and the others stop with a :class:`LaunchError`.
+    """
+    plans: dict[str, ConfigPlan] = {}
+    error: Exception | None = None
+    try:
+        plans = {c: ConfigPlan(opts, c, device) for c in recipe["configs"]}
+    except Exception as exc:  # typed or not, the other ranks must hear of it
+        error = exc
+    failed = ctx.all_ok(error is None)
+    if error is not None:
+        if isinstance(error, FluoroBenchError) and len(failed) == ctx.world_size:
+            error.collective = True
+        raise error
+    if failed:
+        raise distributed.LaunchError(
+            f"rank(s) {', '.join(map(str, failed))} of {ctx.world_size} could not open "
+            f"--source {opts.source} (see their error) while the others could: give every rank "
+            "the same files",
+            collective=True,
+        )
+    return plans
+
+
+def _remove_stub(out: Path) -> bool:
+    """After a one-process build that started in an empty (or new) ``OUT`` failed, under its
+    lock: if no unit was written (no file but the manifest and the lock; empty folders left
+    by a unit that broke off are fine), remove the manifest and those folders and return
+    True. Otherwise touch nothing: the units written are kept for a resume."""
+    try:
+        files = [p for p in out.rglob("*") if not p.is_dir() or p.is_symlink()]
+        if any(p.parent != out or p.name not in (MANIFEST, LOCK) for p in files):
+            return False
+        logger.info("nothing was built: removing the manifest this run wrote in %s", out)
+        (out / MANIFEST).unlink(missing_ok=True)
+        for d in sorted((p for p in out.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            with contextlib.suppress(OSError):
+                d.rmdir()  # empty folders only
+    except OSError as exc:  # never hide the error that stopped the build
+        logger.warning("could not remove the unfinished build in %s: %s", out, exc)
+        return False
+    return True
 
 
 def _start(ctx: distributed.Context, opts: BuildOptions, recipe: dict[str, Any]) -> dict[str, Any]:
