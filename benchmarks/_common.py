@@ -36,6 +36,25 @@ BBBC038 = ROOT.parent / "shared" / "data" / "bbbc038-fluorescence" / "stage1_tra
 # ----------------------------------------------------------------------------- machine
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``lscpu``'s) and its widest vector extensions (AVX2, AVX-512,
+    AMX), or the architecture where ``/proc/cpuinfo`` is not readable."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {
+        key.strip(): value.strip()
+        for key, _, value in (line.partition(":") for line in info.splitlines())
+    }
+    name = " ".join(fields.get("model name", platform.machine()).split())
+    flags = set(fields.get("flags", "").split())
+    isa = [
+        n for f, n in (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("amx_tile", "AMX")) if f in flags
+    ]
+    return f"{name} ({', '.join(isa)})" if isa else name
+
+
 def machine(
     device: str | torch.device | None = None,
     *,
@@ -56,7 +75,7 @@ def machine(
     """
     import torch
 
-    cpu = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    cpu = f"{cpu_model()}, {os.cpu_count()} cores"
     if load:
         cpu += " (load average " + ", ".join(f"{v:.1f}" for v in os.getloadavg()) + ")"
     if threads:

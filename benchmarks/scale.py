@@ -124,10 +124,10 @@ def bench_training(steps: int) -> dict:
     import torch
 
     from builder.build.reference import REFERENCE
-    from synthesis.distributed import threads
     from synthesis.models.training import segmentation_loss
     from synthesis.models.unet import UNet
     from synthesis.normalize import zscore
+    from synthesis.stable import threads
 
     class OldHead(UNet):
         def _head(self, x: torch.Tensor) -> torch.Tensor:  # oneDNN's 1x1 convolution

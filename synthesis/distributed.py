@@ -251,16 +251,3 @@ def join(
         yield ctx
     finally:
         dist.destroy_process_group()
-
-
-@contextmanager
-def threads(count: int) -> Iterator[None]:
-    """Run the block with exactly ``count`` torch intra-op threads, then restore."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -1,41 +1,83 @@
-"""Sums, and the layers built on them, whose bits do not depend on the number of torch threads.
+"""Model math on CPU whose bits do not depend on the number of torch threads.
 
-A torch reduction with one output (one image's mean, say) is split across the threads, so
-its rounding depends on their number; one with many outputs gives each output to one thread.
-:func:`stable_sum` always takes the second path. :func:`zscore_stable` is the per-image
-z-score of :mod:`synthesis.normalize` with such sums in its forward and backward passes.
+Two things change bits with the thread count, and each has a fix here:
 
-On CPU, oneDNN's 1x1 convolution with few output channels splits its reductions (over input
-channels in the forward pass, over batch and pixels for the weight gradient) differently
-with 1 and with 2 threads, so the same training or attack gives different bits in processes
-with different thread counts. Every other layer of :class:`synthesis.models.unet.UNet`
-(3x3 convolutions, batch norm, max-pooling, transposed convolutions) gave identical bits at
-1, 2 and 4 threads in ``tests/test_threads.py``. :func:`pointwise_conv` replaces the 1x1 head
-by sums whose order is fixed:
+- oneDNN, which runs torch's convolutions on CPU, picks its kernel and splits its sums by
+  the thread count (on AVX2 and on AVX-512 an attack's 3x3 input gradients at 1 thread differ
+  from those at 2; training's weight gradients differ from 4 threads on). :func:`model_threads`
+  runs model math (training, prediction, attacks) on exactly :data:`MODEL_THREADS` threads,
+  whatever the process has.
+- A torch reduction with one output (one image's mean, say) is split across the threads, so
+  its rounding depends on their number; one with many outputs gives each output to one
+  thread. :func:`stable_sum` always takes the second path. :func:`zscore_stable` is the
+  per-image z-score of :mod:`synthesis.normalize` with such sums in its forward and backward
+  passes, and :func:`pointwise_conv` the U-Net's 1x1 head with such sums (it keeps the head
+  invariant outside :func:`model_threads` too; oneDNN's 1x1 convolution in its place would
+  give every reference model other bytes):
 
-- the forward pass sums the ``C`` input channels of each pixel in one thread (a reduction
-  with many outputs is split across outputs, never within one);
-- the weight and bias gradients sum over batch and pixels in fixed blocks of
-  :data:`BLOCK` elements (each block, below torch's parallel grain size, is summed in one
-  thread), then sum the block totals the same way.
+  - the forward pass sums the ``C`` input channels of each pixel in one thread (a reduction
+    with many outputs is split across outputs, never within one);
+  - the weight and bias gradients sum over batch and pixels in fixed blocks of
+    :data:`BLOCK` elements (each block, below torch's parallel grain size, is summed in one
+    thread), then sum the block totals the same way.
 
-Hand-written because no library layer promises thread-count invariance; it is exact, not
-faster. ``docs/definitions.md#determinism`` states the promise it serves.
+``tests/test_scale.py`` checks the bits at 1, 2 and 4 threads under several families of CPU
+kernels. The sums are hand-written because no library layer promises thread-count
+invariance; they are exact, not faster. ``docs/definitions.md#determinism`` states the
+promise this serves, and what it does not cover (the same bits on two CPU types).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["BLOCK", "pointwise_conv", "stable_sum", "zscore_stable"]
+__all__ = [
+    "BLOCK",
+    "MODEL_THREADS",
+    "model_threads",
+    "pointwise_conv",
+    "stable_sum",
+    "threads",
+    "zscore_stable",
+]
+
+#: torch threads that model math on CPU (training, attacks, prediction) always runs on,
+#: whatever the process has. oneDNN picks its kernel and splits its sums by the thread count
+#: (at 1 thread its 3x3 input gradients differ from those at 2 on AVX-512 and on AVX2), so a
+#: fixed count gives the same bits in a 1-thread worker and a 64-thread process.
+MODEL_THREADS = 2
 
 #: Elements per block of :func:`stable_sum`, below torch's parallel grain size (32768), so
 #: each block is summed by one thread whatever the thread count.
 BLOCK = 16384
+
+
+@contextmanager
+def threads(count: int) -> Iterator[None]:
+    """Run the block with exactly ``count`` torch intra-op threads, then restore."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextmanager
+def model_threads(device: torch.device | str) -> Iterator[None]:
+    """Run the block on :data:`MODEL_THREADS` torch threads when ``device`` is the CPU (GPU
+    work is left as it is)."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    with threads(MODEL_THREADS):
+        yield
 
 
 def stable_sum(values: Tensor) -> Tensor:

@@ -190,49 +190,79 @@ def test_an_output_folder_not_every_rank_sees_is_refused(tmp_path: Path):
 
 
 # --------------------------------------------------------------------------- thread counts
+# Trains the reference U-Net, predicts and attacks at two image sizes and two batch sizes,
+# and prints the sha256 of each result.
 _THREADS_SCRIPT = r"""
 import hashlib, sys, torch
 torch.set_num_threads(int(sys.argv[1]))
 threads = torch.get_num_threads()
 from builder.build.reference import train_reference
+from builder.evaluation.models import predict
 from synthesis.corruptions.attacks import attack_budgets
+from synthesis.normalize import zscore
 
 def h(t):
     return hashlib.sha256(t.detach().contiguous().cpu().numpy().tobytes()).hexdigest()[:16]
 
-g = torch.Generator().manual_seed(0)
-adu = (torch.rand(6, 1, 96, 96, generator=g) * 900 + 100).round()
-mask = torch.rand(6, 1, 96, 96, generator=g) > 0.7
-adu = adu + 600 * mask
-model, result = train_reference(adu[:4], mask[:4], adu[4:], mask[4:], seed=1, device="cpu", epochs=2)
+def data(n, size, seed):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(n, 1, size, size, generator=g) > 0.7
+    return (torch.rand(n, 1, size, size, generator=g) * 900 + 100).round() + 600 * mask, mask
+
+adu, mask = data(6, 96, 0)
+model, _ = train_reference(adu[:4], mask[:4], adu[4:], mask[4:], seed=1, device="cpu", epochs=2)
 out = [h(torch.cat([p.flatten() for p in model.state_dict().values() if p.is_floating_point()]))]
-for method in ("fgsm", "ifgsm", "pgd"):
-    for r in attack_budgets(model, adu[4:].int(), mask[4:], method=method, budgets=[2, 4],
-                            seeds=[torch.arange(2), torch.arange(2) + 7]):
-        out.append(h(r.adu))
-print(threads, " ".join(out))
+for size, batch in ((96, 3), (256, 2)):
+    x, m = data(batch, size, size)
+    out.append(h(predict(model, zscore(x))))
+    for method in ("fgsm", "ifgsm", "pgd"):
+        seeds = [torch.arange(batch), torch.arange(batch) + 7]
+        for r in attack_budgets(model, x.int(), m, method=method, budgets=[2, 4], seeds=seeds):
+            out.append(h(r.adu))
+print(threads, torch.backends.cpu.get_cpu_capability(), " ".join(out))
 """
+
+# The kernel families other CPUs run, forced on this one: oneDNN capped at AVX2 with ATen's
+# AVX2 kernels (an AMD EPYC of the AVX2 generations), oneDNN capped at AVX-512 without AMX,
+# and ATen's scalar kernels. A cap above what the CPU has leaves its best.
+_KERNELS = {
+    "native": {},
+    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+    "avx512": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"},
+    "aten-scalar": {"ATEN_CPU_CAPABILITY": "default"},
+}
 
 
 @pytest.mark.slow
-def test_training_and_attacks_give_the_same_bits_at_any_thread_count():
-    """A 1-thread worker, a 2-thread process and a 4-thread one train the same reference
-    weights and make the same attacked images (docs/definitions.md#determinism)."""
+@pytest.mark.parametrize("kernels", list(_KERNELS))
+def test_training_prediction_and_attacks_give_the_same_bits_at_any_thread_count(kernels: str):
+    """Processes of 1, 2 and 4 threads train the same reference weights, predict the same
+    masks and make the same attacked images, at 96 x 96 (batch 3) and 256 x 256 (batch 2),
+    under each family of CPU kernels (docs/definitions.md#determinism)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+    }
+    env |= {"OMP_WAIT_POLICY": "PASSIVE", **_KERNELS[kernels]}
     seen = {}
-    for n in (1, 2, 4):
+    for n in (1, 2, 4) if kernels == "native" else (1, 4):
         r = subprocess.run(
             [sys.executable, "-c", _THREADS_SCRIPT, str(n)],
             cwd=ROOT,
-            env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
+            env=env,
             capture_output=True,
             text=True,
             timeout=600,
         )
         assert r.returncode == 0, r.stderr[-3000:]
-        threads, _, hashes = r.stdout.strip().splitlines()[-1].partition(" ")
+        threads, capability, hashes = r.stdout.strip().splitlines()[-1].split(" ", 2)
         assert int(threads) == n
+        if "ATEN_CPU_CAPABILITY" in _KERNELS[kernels]:
+            assert capability.lower() == _KERNELS[kernels]["ATEN_CPU_CAPABILITY"].lower()
+        assert len(hashes.split()) == 1 + 2 * (1 + 3 * 2)
         seen[n] = hashes
-    assert seen[1] == seen[2] == seen[4]
+    assert len(set(seen.values())) == 1, seen
 
 
 def test_budgets_share_gradients_and_give_the_bytes_of_separate_attacks():

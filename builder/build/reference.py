@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,9 +38,9 @@ class ReferenceTraining:
     lr: float = 2e-3
     crop: int = 128
     loss: str = "bce_dice"
-    #: CPU threads training always runs on, whatever the process has: oneDNN splits the
-    #: weight-gradient sums by thread count, so a fixed count gives the same weights in a
-    #: 1-thread worker and a 64-thread process (docs/definitions.md#determinism).
+    #: CPU threads training runs on, whatever the process has (recorded with the weights):
+    #: :data:`synthesis.stable.MODEL_THREADS`, which :func:`train_segmenter` pins
+    #: (docs/definitions.md#determinism).
     threads: int = 2
 
 
@@ -68,33 +67,29 @@ def train_reference(
 
     Returns ``(model, TrainResult)``; the model holds the best-validation-IoU weights.
     """
-    import torch
 
-    from synthesis.distributed import threads
     from synthesis.models.training import train_segmenter
     from synthesis.models.unet import UNet
     from synthesis.normalize import zscore
 
-    pinned = threads(settings.threads) if torch.device(device).type == "cpu" else nullcontext()
     model = UNet(
         in_channels=1, out_channels=1, base_channels=settings.base_channels, depth=settings.depth
     )
-    with pinned:
-        result = train_segmenter(
-            model,
-            zscore(train_adu.float()),
-            train_mask,
-            zscore(val_adu.float()),
-            val_mask,
-            epochs=epochs or settings.epochs,
-            batch_size=settings.batch_size,
-            lr=settings.lr,
-            seed=seed,
-            device=device,
-            loss=settings.loss,
-            crop=settings.crop if settings.crop < train_adu.shape[-1] else None,
-            progress=progress,
-        )
+    result = train_segmenter(
+        model,
+        zscore(train_adu.float()),
+        train_mask,
+        zscore(val_adu.float()),
+        val_mask,
+        epochs=epochs or settings.epochs,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        seed=seed,
+        device=device,
+        loss=settings.loss,
+        crop=settings.crop if settings.crop < train_adu.shape[-1] else None,
+        progress=progress,
+    )
     return model, result
 
 

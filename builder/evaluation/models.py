@@ -159,8 +159,9 @@ def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     import torch
 
     from synthesis.metrics import check_logits, logits_to_mask
+    from synthesis.stable import model_threads
 
-    with torch.no_grad():
+    with torch.no_grad(), model_threads(x.device):
         logits = model(x)
     try:
         check_logits(logits, x)

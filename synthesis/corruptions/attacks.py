@@ -27,7 +27,9 @@ The model runs in eval mode (restored afterwards) and only input gradients are c
 written. The loss is summed over
 pixels and images, never averaged over the batch: each image's gradient, hence its attack, does
 not depend on the other images of the batch. On CPU the images are attacked one at a time, so
-not even the rounding does (a convolution's bits change with the batch it runs in).
+not even the rounding does (a convolution's bits change with the batch it runs in), on
+:data:`synthesis.stable.MODEL_THREADS` threads whatever the process has (oneDNN's kernels and
+sums change with the thread count).
 
 Randomness: the PGD/SegPGD/CosPGD random start is uniform in ``[-eps, eps]``, drawn with
 :func:`synthesis.rng.uniform` from the per-row seeds on stream :data:`streams.ATTACK_START`,
@@ -55,6 +57,7 @@ from synthesis.levels import ATTACKS, AttackProtocol, Camera
 from synthesis.metrics import check_logits
 from synthesis.normalize import zscore
 from synthesis.rng import streams
+from synthesis.stable import model_threads
 
 __all__ = [
     "GREY_LEVELS",
@@ -69,7 +72,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: rng stream of the uniform random start of PGD, SegPGD and CosPGD.
 #: Grey levels of the 8-bit scale the budgets are expressed in (one level = range / 255).
 GREY_LEVELS: float = 255.0
 #: Protocols of the segmentation-specific attacks: PGD's step, iterations and random start.
@@ -372,6 +374,38 @@ def attack_budgets(
 
     Returns one :class:`AttackResult` per budget, in the order of ``budgets``.
     """
+    out_device = adu.device if isinstance(adu, Tensor) else torch.device("cpu")
+    with model_threads(_model_device(model, out_device)):
+        return _attack_budgets(
+            model,
+            adu,
+            mask,
+            method=method,
+            budgets=budgets,
+            seeds=seeds,
+            loss=loss,
+            preprocess=preprocess,
+            step_grey=step_grey,
+            iterations=iterations,
+            random_init=random_init,
+        )
+
+
+def _attack_budgets(
+    model: nn.Module,
+    adu: Tensor,
+    mask: Tensor,
+    *,
+    method: str,
+    budgets: list[float],
+    seeds: list[Tensor | int] | None = None,
+    loss: AttackLoss | None = None,
+    preprocess: Callable[[Tensor], Tensor] = zscore,
+    step_grey: float | None = None,
+    iterations: int | None = None,
+    random_init: bool | None = None,
+) -> list[AttackResult]:
+    """The work of :func:`attack_budgets`, on the threads it was given."""
     if method not in _PROTOCOLS:
         raise ValueError(f"method must be one of {METHODS}. Got {method!r}")
     if not budgets:
@@ -412,7 +446,7 @@ def attack_budgets(
         # One image at a time on CPU: a convolution's bits depend on the batch it runs in,
         # and batch 1 is also faster here (1.8x for 16 images of 256 x 256: cache-resident).
         parts = [
-            attack_budgets(
+            _attack_budgets(
                 model,
                 x_adu[i : i + 1],
                 mask[i : i + 1],

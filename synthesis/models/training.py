@@ -3,8 +3,9 @@
 Models take per-image z-scored input (:func:`synthesis.normalize.zscore`, the one definition
 shared with the attacks, ``evaluate`` and ``collate``).
 
-:func:`train_segmenter` is deterministic on CPU for a given seed and number of torch threads
-(reductions are split differently across threads, which changes the last bits): weights are
+:func:`train_segmenter` is deterministic on CPU for a given seed, whatever the process's
+thread count: it always runs on :data:`synthesis.stable.MODEL_THREADS` threads (oneDNN splits
+its sums and picks its kernels by the thread count, which changes the last bits). Weights are
 initialised from the seed (:func:`synthesis.models.unet.init_weights`), and the shuffling, dihedral
 flips and random crops come from one ``torch.Generator`` seeded with it. The best epoch by validation IoU
 (aggregate over all validation pixels) is kept in memory and loaded back into the model.
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 from synthesis.checks import check_images, check_mask
 from synthesis.metrics import SegmentationScores, check_logits, logits_to_mask
 from synthesis.models.unet import init_weights
+from synthesis.stable import model_threads
 
 __all__ = ["LOSSES", "TrainResult", "segmentation_loss", "train_segmenter"]
 
@@ -202,6 +204,43 @@ def train_segmenter(
     Raises:
         TypeError, ValueError: malformed images or masks, or invalid settings.
     """
+    with model_threads(device):
+        return _train_segmenter(
+            model=model,
+            train_images=train_images,
+            train_masks=train_masks,
+            val_images=val_images,
+            val_masks=val_masks,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            device=device,
+            loss=loss,
+            crop=crop,
+            init=init,
+            progress=progress,
+        )
+
+
+def _train_segmenter(
+    model: nn.Module,
+    train_images: Tensor,
+    train_masks: Tensor,
+    val_images: Tensor,
+    val_masks: Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    device: torch.device | str = "cpu",
+    loss: str = "bce_dice",
+    crop: int | None = None,
+    init: bool = True,
+    progress: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """The work of :func:`train_segmenter`, on the threads it was given."""
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1. Got {value!r}")

@@ -39,6 +39,7 @@ from synthesis.models.pix2pix import (
 )
 from synthesis.render.denoise import denoise, residual_noise
 from synthesis.rng import streams
+from synthesis.stable import model_threads
 
 __all__ = [
     "IMAGE_SCALE",
@@ -181,11 +182,14 @@ class GanRenderer:
         mask = mask.to(device)
         seeds = seeds.to(device)
         gens = []
-        for m, s in zip(mask.split(self.batch_size), seeds.split(self.batch_size), strict=True):
-            x = generator_input(m, s, self.generator.noise_channels)
-            gens.append(to_unit(self.generator(x)))
-        raw = torch.cat(gens)
-        clean = denoise(raw, self.denoiser, batch_size=self.batch_size) if self.denoiser else raw
+        with model_threads(device):  # oneDNN's bits follow the thread count
+            for m, s in zip(mask.split(self.batch_size), seeds.split(self.batch_size), strict=True):
+                x = generator_input(m, s, self.generator.noise_channels)
+                gens.append(to_unit(self.generator(x)))
+            raw = torch.cat(gens)
+            clean = (
+                denoise(raw, self.denoiser, batch_size=self.batch_size) if self.denoiser else raw
+            )
         return raw, clean
 
     def __call__(
