@@ -1,6 +1,6 @@
 """PyPI-ready: the sdist and the wheel build, pass ``twine check`` and carry the data files.
 
-Built without isolation (no download: the build backend is the installed setuptools). That a
+Built without isolation (no download: the build backend is the installed hatchling). That a
 fresh virtual environment holding only the wheel and torch runs the quickstart build is
 checked by hand (it downloads the dependencies); the figures are in benchmarks/RESULTS.md.
 """
@@ -54,12 +54,16 @@ def test_wheel_carries_the_template_and_entry_point(dist: Path):
         entry = next(n for n in names if n.endswith("entry_points.txt"))
         entry_points = z.read(entry).decode()
         meta = z.read(next(n for n in names if n.endswith("METADATA"))).decode()
+    # The top-level template travels inside the package that reads it (force-include).
     assert "builder/package/dataset_card.md" in names
-    for package in ("builder", "synthesis", "fluorobench_c"):
+    assert "dataset_card.md" not in names
+    for package in ("builder", "synthesis"):
         assert f"{package}/__init__.py" in names
+    assert "fluorobench_c.py" in names
     assert not any(n.startswith(("tests/", "benchmarks/", "examples/")) for n in names)
     assert "fluorobench-c = builder.cli:main" in entry_points
     assert "Requires-Dist: torch>=2.4" in meta and "Project-URL: Source," in meta
     assert "Provides-Extra: dev" in meta
     with tarfile.open(next(dist.glob("*.tar.gz"))) as t:
-        assert any(n.endswith("builder/package/dataset_card.md") for n in t.getnames())
+        tops = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
+    assert {"dataset_card.md", "fluorobench_c.py", "pyproject.toml", "README.md"} <= tops

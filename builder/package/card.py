@@ -43,7 +43,28 @@ from synthesis.levels import (
 
 logger = logging.getLogger(__name__)
 
-TEMPLATE = Path(__file__).resolve().with_name("dataset_card.md")
+#: Where the card template is found, in order: the repository's top level (a source
+#: checkout, an editable install) and beside this module (a wheel, which carries the
+#: top-level file there: pyproject.toml's force-include).
+TEMPLATE_PLACES = (
+    Path(__file__).resolve().parents[2] / "dataset_card.md",
+    Path(__file__).resolve().with_name("dataset_card.md"),
+)
+
+
+def template_path() -> Path:
+    """The card template ``dataset_card.md`` (see :data:`TEMPLATE_PLACES`).
+
+    Raises:
+        FileNotFoundError: in neither place.
+    """
+    for place in TEMPLATE_PLACES:
+        if place.is_file():
+            return place
+    raise FileNotFoundError(
+        f"dataset card template not found at {' or '.join(map(str, TEMPLATE_PLACES))}; "
+        "install fluorobench-c from its wheel or its source tree (pip install -e .)"
+    )
 
 
 #: The config the docs use; the card's default when the package has it.
@@ -450,11 +471,7 @@ def render_card(
     Raises:
         FileNotFoundError: the template ``dataset_card.md`` is missing.
     """
-    if not TEMPLATE.exists():
-        raise FileNotFoundError(
-            f"{TEMPLATE}: dataset card template not found; install fluorobench-c from its "
-            "source tree (pip install -e .)"
-        )
+    template = template_path()
     recipe = manifest["recipe"]
     configs = [c for c in CONFIGS if c in manifest["configs"]]
     meta = yaml.safe_dump(card_metadata(manifest), sort_keys=False, allow_unicode=True).strip()
@@ -482,7 +499,7 @@ def render_card(
         "sources": _sources(manifest),
         "native_snr": _native_snr(manifest),
     }
-    text = TEMPLATE.read_text()
+    text = template.read_text()
     if not values["native_snr"]:  # no real tiles: no section, no blank lines
         text = text.replace("{{native_snr}}\n\n", "")
     for key, value in values.items():
