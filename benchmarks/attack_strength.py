@@ -18,7 +18,7 @@ import _common
 import torch
 
 import fluorobench_c
-from builder.evaluation.models import load_model_spec
+from builder.evaluation.model_loading import load_model_spec
 from synthesis.corruptions.attacks import attack
 from synthesis.metrics import SegmentationScores, logits_to_mask
 from synthesis.normalize import zscore

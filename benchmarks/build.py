@@ -67,7 +67,7 @@ def main() -> None:
     _common.add_json(p)
     args = p.parse_args()
 
-    from builder.build.pipeline import BuildOptions, build
+    from builder.assembly.pipeline import BuildOptions, build
 
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:

@@ -6,7 +6,7 @@ one image at a time) and one training step (batch 8, 128 x 128 crops) of the ref
 Each way runs in its own processes (the settings are read when torch loads):
 
 - ``unpinned``: the process's own thread count (the code before issue 21; not invariant);
-- ``pinned``: :data:`synthesis.stable.MODEL_THREADS` threads whatever the process has (the
+- ``pinned``: :data:`synthesis.thread_invariant.MODEL_THREADS` threads whatever the process has (the
   fix kept);
 - ``pinned-1``: one thread always (the other fixed count);
 - ``mkl-cnr``: oneDNN off (convolutions through ATen's im2col and MKL's GEMM) with MKL's
@@ -50,7 +50,7 @@ def child(way: str, threads: int, repeats: int) -> dict[str, float]:
     import torch
 
     torch.set_num_threads(threads)
-    import synthesis.stable as stable
+    import synthesis.thread_invariant as invariant
     from synthesis import rng
     from synthesis.corruptions.attacks import attack
     from synthesis.models.training import segmentation_loss
@@ -58,7 +58,7 @@ def child(way: str, threads: int, repeats: int) -> dict[str, float]:
     from synthesis.normalize import zscore
 
     pin = WAYS[way][1]
-    stable.MODEL_THREADS = threads if pin is None else (pin or stable.MODEL_THREADS)
+    invariant.MODEL_THREADS = threads if pin is None else (pin or invariant.MODEL_THREADS)
     if way == "mkl-cnr":
         torch.backends.mkldnn.enabled = False
     g = torch.Generator().manual_seed(0)
@@ -75,7 +75,7 @@ def child(way: str, threads: int, repeats: int) -> dict[str, float]:
 
     def train_step() -> None:
         model.train()
-        with stable.model_threads("cpu"):
+        with invariant.model_threads("cpu"):
             loss = segmentation_loss(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()

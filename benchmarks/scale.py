@@ -123,11 +123,11 @@ def _old_grads(method: str) -> int:
 def bench_training(steps: int) -> dict:
     import torch
 
-    from builder.build.reference import REFERENCE
+    from builder.assembly.reference import REFERENCE
     from synthesis.models.training import segmentation_loss
     from synthesis.models.unet import UNet
     from synthesis.normalize import zscore
-    from synthesis.stable import threads
+    from synthesis.thread_invariant import threads
 
     class OldHead(UNet):
         def _head(self, x: torch.Tensor) -> torch.Tensor:  # oneDNN's 1x1 convolution

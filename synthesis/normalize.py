@@ -6,7 +6,7 @@ The per-image z-score is the authors' convention and the one the reference model
 standard deviation (divide by N, ``correction=0``). The floor maps a constant image to zeros
 instead of NaN. A z-score is invariant to affine maps of the image, so a stored ADU image and
 its min-max scaled version (the attack space) give the model the same input. Its sums are
-taken in a fixed order (:mod:`synthesis.stable`), so its bits do not depend on the thread count.
+taken in a fixed order (:mod:`synthesis.thread_invariant`), so its bits do not depend on the thread count.
 Definition: ``docs/definitions.md#normalisation-and-scores``.
 """
 
@@ -51,7 +51,7 @@ def zscore(images: Tensor) -> Tensor:
         >>> zscore(torch.tensor([[[[100.0, 300.0]]]])).tolist()
         [[[[-1.0, 1.0]]]]
     """
-    from synthesis.stable import zscore_stable
+    from synthesis.thread_invariant import zscore_stable
 
     _check(images)
     # Fixed-order sums (forward and backward): one image's mean is otherwise split across

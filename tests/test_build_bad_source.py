@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from builder.cli import main
-from synthesis.errors import InputError, JobFailed
 from synthesis.groundtruth.sources import TILE, assign_split
+from synthesis.runtime.errors import InputError, JobFailed
 from tests.conftest import ROOT
 
 ARGS = ["--config", "nucleus", "--splits", "clean", "--test", "2", "--device", "cpu"]
@@ -140,7 +140,7 @@ def test_a_failure_before_any_unit_removes_what_the_run_wrote(tmp_path: Path, mo
     def fail(*args, **kwargs):
         raise InputError("stopped before the first unit")
 
-    monkeypatch.setattr("builder.build.pipeline.run_units", fail)
+    monkeypatch.setattr("builder.assembly.pipeline.run_units", fail)
     src = _source(tmp_path / "src")
     out = tmp_path / "new"
     assert main(["build", str(out), "--source", str(src), *ARGS]) == 2
@@ -158,7 +158,7 @@ def test_a_failure_after_units_keeps_them_for_the_resume(tmp_path: Path, monkeyp
     src = _source(tmp_path / "src")
     out = tmp_path / "out"
     with monkeypatch.context() as m:
-        m.setattr("builder.build.pipeline.assemble_manifest", fail)
+        m.setattr("builder.assembly.pipeline.assemble_manifest", fail)
         assert main(["build", str(out), "--source", str(src), *ARGS]) == 1
     assert list((out / ".build" / "units").rglob("*.json"))  # the unit records are kept
     assert list((out / "data" / "nucleus").glob("clean-*.parquet"))

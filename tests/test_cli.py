@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from builder.cli import COMMANDS, main, make_parser
-from synthesis.errors import FluoroBenchError, InputError, JobFailed, RefusedError
+from synthesis.runtime.errors import FluoroBenchError, InputError, JobFailed, RefusedError
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -39,10 +39,10 @@ def test_nothing_in_the_library_imports_the_command_line():
     import subprocess
 
     code = (
-        "import sys, builder.build, builder.evaluation, builder.package.publish, "
+        "import sys, builder.assembly, builder.evaluation, builder.package.publish, "
         "builder.package.verify, fluorobench_c, synthesis.models.synthesizer; "
         "from pathlib import Path; "
-        "builder.build.BuildOptions(out=Path('x'), configs=['mito']).validate(); "
+        "builder.assembly.BuildOptions(out=Path('x'), configs=['mito']).validate(); "
         "print(sorted(m for m in sys.modules if m.startswith('builder.cli')))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -110,7 +110,7 @@ def test_typed_errors_map_to_exit_codes(error: FluoroBenchError, code: int, monk
 def test_input_errors_are_value_errors():
     """Callers that caught ValueError before the typed errors keep working."""
     assert issubclass(InputError, ValueError)
-    from builder.evaluation.models import ModelSpecError
+    from builder.evaluation.model_loading import ModelSpecError
     from builder.package.manifest import BuildError
     from builder.package.publish import PublishError, PublishRefused
     from synthesis.groundtruth.sources import SourceError

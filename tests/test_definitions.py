@@ -27,7 +27,7 @@ def test_collate_evaluate_and_attacks_use_the_same_zscore():
     """The loader's collate, evaluate's preprocessing and the attacks' default all give the
     bits of synthesis.normalize.zscore (before, collate used the sample std)."""
     import fluorobench_c
-    from builder.evaluation.models import make_preprocess
+    from builder.evaluation.model_loading import make_preprocess
     from synthesis.corruptions import attacks
 
     rows = [
@@ -82,7 +82,7 @@ def test_gaussian_taps_match_scipy_and_respect_the_cut():
 def test_sha256_file_and_atomic_write(tmp_path: Path):
     import hashlib
 
-    from synthesis.files import atomic_write_bytes, sha256_file
+    from synthesis.runtime.files import atomic_write_bytes, sha256_file
 
     data = bytes(range(256)) * 5000  # > one 1 MiB read block
     path = tmp_path / "f.bin"
@@ -93,8 +93,8 @@ def test_sha256_file_and_atomic_write(tmp_path: Path):
 
 
 def test_device_rule():
-    from synthesis.device import default_device, resolve_device
-    from synthesis.errors import InputError
+    from synthesis.runtime.device import default_device, resolve_device
+    from synthesis.runtime.errors import InputError
 
     assert resolve_device(None).type == default_device()
     assert resolve_device("cpu") == torch.device("cpu")

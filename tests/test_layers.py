@@ -45,10 +45,10 @@ def test_the_loader_imports_only_the_layers_below_it():
 
 def test_the_import_check_catches_a_wrong_import(tmp_path: Path):
     bad = tmp_path / "loader.py"
-    bad.write_text("def f():\n    from builder.build.pipeline import build\n    import torch\n")
+    bad.write_text("def f():\n    from builder.assembly.pipeline import build\n    import torch\n")
     assert _project(imported_modules(bad)) == {
-        "builder.build.pipeline",
-        "builder.build.pipeline.build",
+        "builder.assembly.pipeline",
+        "builder.assembly.pipeline.build",
     }
 
 

@@ -34,7 +34,7 @@ TINY = ["--epochs", "1", "--batch-size", "2", "--device", "cpu", "--seed", "4"]
 
 @pytest.mark.parametrize("name", list(ZOO))
 def test_every_zoo_model_maps_images_to_logits_evaluate_accepts(name: str, one_thread):
-    from builder.evaluation.models import predict
+    from builder.evaluation.model_loading import predict
 
     model = build(name, "small", seed=1).eval()
     x = torch.randn(2, 1, 256, 256, generator=torch.Generator().manual_seed(0))
@@ -94,7 +94,7 @@ def test_leaderboard_end_to_end_resumes_after_a_kill_and_outputs_agree(
     assert (first.stat().st_mtime_ns, first.read_bytes()) == kept  # not retrained
     board = json.loads((out / "leaderboard.json").read_text())
     assert [e["model"] for e in board["models"]] == MODELS.split(",")
-    from synthesis.files import sha256_file
+    from synthesis.runtime.files import sha256_file
 
     for e in board["models"]:
         assert e["sha256"] == sha256_file(out / e["weights"])

@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 
-from synthesis.files import sha256_file
 from synthesis.models.gan_training import (
     PRESETS,
     GanSettings,
@@ -29,6 +28,7 @@ from synthesis.models.pix2pix import (
     to_unit,
 )
 from synthesis.render.gan import IMAGE_SCALE, MIN_VALUE, GanRenderer, weight_files
+from synthesis.runtime.files import sha256_file
 
 TINY = PRESETS["tiny"]
 

@@ -541,7 +541,7 @@ def test_models_repo_round_trip_from_pretrained_and_eval_results(
     assert written == yaml.safe_load(remote[".eval_results/fluorobench-c-mito.yaml"])
 
     # a local folder in the same layout loads with from_pretrained too
-    from builder.package.models import write_model_folder
+    from builder.package.model_repos import write_model_folder
 
     folder = write_model_folder(
         pkg,
@@ -559,7 +559,7 @@ def test_models_repo_round_trip_from_pretrained_and_eval_results(
 def test_benchmark_declaration_lists_every_scored_split(package: Path):
     import yaml
 
-    from builder.package.leaderboard import benchmark_declaration
+    from builder.package.eval_results import benchmark_declaration
     from builder.package.verify import verify
 
     manifest = json.loads((package / "manifest.json").read_text())

@@ -196,8 +196,8 @@ _THREADS_SCRIPT = r"""
 import hashlib, sys, torch
 torch.set_num_threads(int(sys.argv[1]))
 threads = torch.get_num_threads()
-from builder.build.reference import train_reference
-from builder.evaluation.models import predict
+from builder.assembly.reference import train_reference
+from builder.evaluation.model_loading import predict
 from synthesis.corruptions.attacks import attack_budgets
 from synthesis.normalize import zscore
 

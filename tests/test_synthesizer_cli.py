@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from builder.cli import main
-from synthesis.files import sha256_file
+from synthesis.runtime.files import sha256_file
 from tests.toy import disc_source
 
 TINY = ["--preset", "tiny", "--device", "cpu", "--seed", "3"]

@@ -2,7 +2,7 @@
 
 The command line is the only place that parses arguments, prints, draws progress bars and
 chooses exit codes; nothing imports it. Library code raises the typed errors of
-:mod:`synthesis.errors`, and :func:`main` maps them: 0 success, 1 the job failed (e.g.
+:mod:`synthesis.runtime.errors`, and :func:`main` maps them: 0 success, 1 the job failed (e.g.
 ``verify`` found problems, an upload broke off), 2 bad arguments or a refused job (one clear
 line on stderr, nothing written).
 """
@@ -22,7 +22,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from builder import __version__
 from builder.cli.common import Parser
-from synthesis.errors import FluoroBenchError
+from synthesis.runtime.errors import FluoroBenchError
 
 logger = logging.getLogger("fluorobench_c")
 

@@ -6,8 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
-from builder.build.options import RENDERERS
-from builder.build.reference import REFERENCE
+from builder.assembly.options import RENDERERS
+from builder.assembly.reference import REFERENCE
 from builder.cli import common, launch
 from synthesis.levels import CONFIGS
 
@@ -68,8 +68,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
 
 
 def run(args: argparse.Namespace) -> int:
-    from builder.build import BuildOptions, build
-    from synthesis.distributed import launched
+    from builder.assembly import BuildOptions, build
+    from builder.distributed import launched
 
     if args.workers > 1 and not launched():
         return launch.spawn(run, args)  # rank 0 prints the summary

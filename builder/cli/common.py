@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Any, NoReturn
 
-from synthesis.device import DEVICE_PATTERN
 from synthesis.levels import CONFIGS
+from synthesis.runtime.device import DEVICE_PATTERN
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -105,7 +105,7 @@ def add_seed(p: argparse.ArgumentParser) -> None:
 
 def progress(total: int | None, desc: str, unit: str = "img") -> Any:
     """The command line's progress bar (tqdm on stderr): the one factory every command
-    passes to library code (:class:`synthesis.progress.ProgressFactory`)."""
+    passes to library code (:class:`synthesis.runtime.progress.ProgressFactory`)."""
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)

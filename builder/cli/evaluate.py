@@ -58,10 +58,10 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
 
 
 def run(args: argparse.Namespace) -> int:
+    from builder import distributed
     from builder.evaluation import evaluate, results_markdown, write_eval_results, write_reports
     from builder.evaluation.scoring import parse_attacks
-    from synthesis import distributed
-    from synthesis.device import resolve_device
+    from synthesis.runtime.device import resolve_device
 
     if args.workers > 1 and not distributed.launched():
         return launch.spawn(run, args)  # rank 0 writes and prints the results

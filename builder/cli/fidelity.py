@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from builder.build.options import RENDERERS
+from builder.assembly.options import RENDERERS
 from builder.cli import common
 from synthesis.levels import CONFIGS
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from builder.cli import common
 from builder.package.publish import DEFAULT_FILES_PER_COMMIT
-from synthesis.errors import InputError
+from synthesis.runtime.errors import InputError
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     if args.models_repo is not None:
         from huggingface_hub.utils import HfHubHTTPError
 
-        from builder.package.models import publish_models
+        from builder.package.model_repos import publish_models
         from builder.package.publish import PublishError
 
         try:

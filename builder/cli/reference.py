@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from builder.build.reference import REFERENCE
+from builder.assembly.reference import REFERENCE
 from builder.cli import common
-from synthesis.errors import InputError, RefusedError
+from synthesis.runtime.errors import InputError, RefusedError
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
@@ -25,8 +25,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
 
 
 def run(args: argparse.Namespace) -> int:
-    from builder.build.reference import fit_reference, read_split
-    from synthesis.device import resolve_device
+    from builder.assembly.reference import fit_reference, read_split
+    from synthesis.runtime.device import resolve_device
 
     if args.out is None and not Path(args.data).is_dir():
         raise InputError(f"--out is needed when DATA is a Hub repo id. Got {args.data}")

@@ -61,8 +61,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
 
 
 def run(args: argparse.Namespace) -> int:
-    from synthesis.device import resolve_device
     from synthesis.models.synthesizer import generator_settings, train_synthesizer
+    from synthesis.runtime.device import resolve_device
 
     device = resolve_device(args.device)
     overrides = {dest: getattr(args, dest) for dest in _OVERRIDES}

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from synthesis.errors import InputError
+from synthesis.runtime.errors import InputError
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:

@@ -1,6 +1,6 @@
 """Evaluation: stream any model through a package's splits and report its robustness.
 
-- :mod:`builder.evaluation.models`: ``--model`` loading and the model input;
+- :mod:`builder.evaluation.model_loading`: ``--model`` loading and the model input;
 - :mod:`builder.evaluation.scoring`: per-split scores, white-box attacks, robustness;
 - :mod:`builder.evaluation.reports`: ``results.json``, ``results.md``, ``robustness.png``,
   and the Hub's ``.eval_results/`` file.

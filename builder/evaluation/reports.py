@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from synthesis.files import atomic_write_bytes, temporary_name
+from synthesis.runtime.files import atomic_write_bytes, temporary_name
 
 
 def write_reports(out: Path, results: dict[str, Any], *, stem: str | None = None) -> None:
@@ -26,8 +26,8 @@ def write_eval_results(
 ) -> Path:
     """The Hub's evaluation-results file of ``results`` for the benchmark ``dataset_id``:
     ``out/.eval_results/fluorobench-c-<config>.yaml``, ready to copy into the model's repo
-    (:mod:`builder.package.leaderboard`)."""
-    from builder.package.leaderboard import (
+    (:mod:`builder.package.eval_results`)."""
+    from builder.package.eval_results import (
         eval_result_entries,
         eval_results_name,
         eval_results_yaml,

@@ -19,13 +19,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from builder.evaluation.models import ModelInfo, load_model_spec, make_preprocess, predict
+from builder.distributed import SOLO, Context
+from builder.evaluation.model_loading import ModelInfo, load_model_spec, make_preprocess, predict
 from builder.package.manifest import read_manifest
 from builder.package.plan import SPLITS
-from synthesis.device import resolve_device
-from synthesis.distributed import SOLO, Context
-from synthesis.errors import InputError
-from synthesis.progress import ProgressFactory, no_progress
+from synthesis.runtime.device import resolve_device
+from synthesis.runtime.errors import InputError
+from synthesis.runtime.progress import ProgressFactory, no_progress
 
 if TYPE_CHECKING:
     import torch

@@ -35,15 +35,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from builder.build import BuildOptions, build
-from builder.build.options import RENDERERS
-from builder.build.reference import fit_reference, read_split
+from builder.assembly import BuildOptions, build
+from builder.assembly.options import RENDERERS
+from builder.assembly.reference import fit_reference, read_split
 from builder.evaluation.scoring import per_image_counts
-from synthesis.device import resolve_device
-from synthesis.errors import InputError, RefusedError
-from synthesis.files import atomic_write_bytes, temporary_name
 from synthesis.normalize import zscore
-from synthesis.progress import ProgressFactory, no_progress
+from synthesis.runtime.device import resolve_device
+from synthesis.runtime.errors import InputError, RefusedError
+from synthesis.runtime.files import atomic_write_bytes, temporary_name
+from synthesis.runtime.progress import ProgressFactory, no_progress
 
 if TYPE_CHECKING:
     import torch

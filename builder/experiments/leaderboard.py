@@ -35,10 +35,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from builder.package.leaderboard import ranked_entries
-from synthesis.errors import InputError, RefusedError
-from synthesis.files import atomic_write_bytes, sha256_file
-from synthesis.progress import ProgressFactory, no_progress
+from builder.package.eval_results import ranked_entries
+from synthesis.runtime.errors import InputError, RefusedError
+from synthesis.runtime.files import atomic_write_bytes, sha256_file
+from synthesis.runtime.progress import ProgressFactory, no_progress
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +129,8 @@ def leaderboard(opts: LeaderboardOptions, *, progress: ProgressFactory | None = 
         RefusedError: results on disk were made with other settings (without ``overwrite``).
         ImportError: MONAI is missing for a MONAI model.
     """
-    from synthesis.device import resolve_device
     from synthesis.models.zoo import ZOO
+    from synthesis.runtime.device import resolve_device
 
     unknown = [m for m in opts.models if m not in ZOO]
     if unknown:
@@ -214,7 +214,7 @@ def _trained(
     """``(weights file, its record, its sha256)`` of ``name``: read back if a finished file
     matches the settings, else trained and written atomically. ``splits`` caches the
     normalised train/validation tensors across models."""
-    from builder.build.reference import read_split
+    from builder.assembly.reference import read_split
     from synthesis.models.training import train_segmenter
     from synthesis.models.weights import atomic_save
     from synthesis.models.zoo import ZOO, build, count_parameters
@@ -298,7 +298,7 @@ def _evaluated(
     progress: ProgressFactory | None,
 ) -> dict[str, Any]:
     from builder.evaluation import evaluate, write_reports
-    from builder.evaluation.models import ModelInfo
+    from builder.evaluation.model_loading import ModelInfo
 
     path = _results_path(opts, name)
     if path.exists():
@@ -472,7 +472,7 @@ def plot_leaderboard(board: dict[str, Any], path: Path) -> dict[str, Any]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from synthesis.files import temporary_name
+    from synthesis.runtime.files import temporary_name
 
     models = [e["model"] for e in board["models"]]
     families = [

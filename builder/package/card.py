@@ -24,10 +24,9 @@ from datasets import DatasetInfo, Features, SplitDict, SplitInfo
 from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCardData
 
-from builder.package.leaderboard import ranked_entries, write_benchmark_declaration
+from builder.package.eval_results import ranked_entries, write_benchmark_declaration
 from builder.package.manifest import split_files, split_num_bytes
 from builder.package.samples import grid_path, write_sample_grids
-from synthesis.files import atomic_write_bytes
 from synthesis.levels import (
     ATTACK_EPSILONS_GREY,
     ATTACKS,
@@ -40,6 +39,7 @@ from synthesis.levels import (
     SVB,
     Camera,
 )
+from synthesis.runtime.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -509,7 +509,7 @@ def render_card(
 
 def write_card(out: Path, manifest: dict[str, Any], repo: str = "fluorobench-c") -> None:
     """Write the sample grids (``images/``), ``README.md`` and ``eval.yaml`` (the Hub's
-    benchmark declaration, :mod:`builder.package.leaderboard`) of the package in ``out``."""
+    benchmark declaration, :mod:`builder.package.eval_results`) of the package in ``out``."""
     try:
         write_sample_grids(out, manifest)
     except (OSError, ValueError, KeyError) as exc:  # a card without pictures beats no card

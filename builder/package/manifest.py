@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from synthesis.errors import RefusedError
-from synthesis.files import atomic_write_bytes
+from synthesis.runtime.errors import RefusedError
+from synthesis.runtime.files import atomic_write_bytes
 
 MANIFEST = "manifest.json"
 LOCK = ".fluorobench-c.lock"

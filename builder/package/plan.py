@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from synthesis.errors import InputError
 from synthesis.levels import (
     ATTACK_EPSILONS_GREY,
     ATTACKS,
@@ -16,6 +15,7 @@ from synthesis.levels import (
     REFERENCE_SNR,
     SNR_LEVELS,
 )
+from synthesis.runtime.errors import InputError
 
 #: Values of the ``corruption`` ClassLabel, in label order.
 CORRUPTIONS: tuple[str, ...] = ("clean", "snr", "sib", "svb", "fgsm", "ifgsm", "pgd", "real")

@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synthesis.errors import InputError, JobFailed, RefusedError
-from synthesis.files import sha256_file
+from synthesis.runtime.errors import InputError, JobFailed, RefusedError
+from synthesis.runtime.files import sha256_file
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ import numpy as np
 
 from builder.package.manifest import split_files
 from builder.package.shards import preview_pixels
-from synthesis.files import atomic_write_bytes
 from synthesis.levels import ATTACK_EPSILONS_GREY, ATTACKS, BLUR_LEVELS, REFERENCE_SNR, SNR_LEVELS
+from synthesis.runtime.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

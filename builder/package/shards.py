@@ -35,7 +35,7 @@ from datasets.arrow_writer import get_parquet_column_options
 from datasets.config import DEFAULT_CDC_OPTIONS
 from PIL import Image as PILImage
 
-from synthesis.files import atomic_write_bytes
+from synthesis.runtime.files import atomic_write_bytes
 
 #: Rows per Parquet row group: small groups let streaming readers start quickly.
 ROW_GROUP_SIZE = 32

@@ -18,9 +18,9 @@ from datasets import Features
 from huggingface_hub import DatasetCard
 
 from builder.package.card import card_metadata
-from builder.package.leaderboard import EVAL_YAML, benchmark_declaration
+from builder.package.eval_results import EVAL_YAML, benchmark_declaration
 from builder.package.manifest import MANIFEST, BuildError, read_manifest
-from synthesis.files import sha256_file
+from synthesis.runtime.files import sha256_file
 
 logger = logging.getLogger(__name__)
 

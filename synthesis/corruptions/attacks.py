@@ -28,7 +28,7 @@ written. The loss is summed over
 pixels and images, never averaged over the batch: each image's gradient, hence its attack, does
 not depend on the other images of the batch. On CPU the images are attacked one at a time, so
 not even the rounding does (a convolution's bits change with the batch it runs in), on
-:data:`synthesis.stable.MODEL_THREADS` threads whatever the process has (oneDNN's kernels and
+:data:`synthesis.thread_invariant.MODEL_THREADS` threads whatever the process has (oneDNN's kernels and
 sums change with the thread count).
 
 Randomness: the PGD/SegPGD/CosPGD random start is uniform in ``[-eps, eps]``, drawn with
@@ -57,7 +57,7 @@ from synthesis.levels import ATTACKS, AttackProtocol, Camera
 from synthesis.metrics import check_logits
 from synthesis.normalize import zscore
 from synthesis.rng import streams
-from synthesis.stable import model_threads
+from synthesis.thread_invariant import model_threads
 
 __all__ = [
     "GREY_LEVELS",

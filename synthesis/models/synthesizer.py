@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from synthesis.errors import InputError
-from synthesis.files import atomic_write_bytes
 from synthesis.levels import CONFIGS
-from synthesis.progress import ProgressFactory, no_progress
+from synthesis.runtime.errors import InputError
+from synthesis.runtime.files import atomic_write_bytes
+from synthesis.runtime.progress import ProgressFactory, no_progress
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Models take per-image z-scored input (:func:`synthesis.normalize.zscore`, the on
 shared with the attacks, ``evaluate`` and ``collate``).
 
 :func:`train_segmenter` is deterministic on CPU for a given seed, whatever the process's
-thread count: it always runs on :data:`synthesis.stable.MODEL_THREADS` threads (oneDNN splits
+thread count: it always runs on :data:`synthesis.thread_invariant.MODEL_THREADS` threads (oneDNN splits
 its sums and picks its kernels by the thread count, which changes the last bits). Weights are
 initialised from the seed (:func:`synthesis.models.unet.init_weights`), and the shuffling, dihedral
 flips and random crops come from one ``torch.Generator`` seeded with it. The best epoch by validation IoU
@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from synthesis.checks import check_images, check_mask
 from synthesis.metrics import SegmentationScores, check_logits, logits_to_mask
 from synthesis.models.unet import init_weights
-from synthesis.stable import model_threads
+from synthesis.thread_invariant import model_threads
 
 __all__ = ["LOSSES", "TrainResult", "segmentation_loss", "train_segmenter"]
 

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 __all__ = ["UNet", "init_weights", "load_model", "save_model"]
 
 from synthesis.models.weights import atomic_save, read_record
-from synthesis.stable import pointwise_conv
+from synthesis.thread_invariant import pointwise_conv
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import Tensor
 
-from synthesis.files import sha256_file, temporary_name
+from synthesis.runtime.files import sha256_file, temporary_name
 
 
 def atomic_save(tensors: dict[str, Tensor], path: Path, header: dict[str, str]) -> str:

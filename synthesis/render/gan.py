@@ -30,7 +30,6 @@ import torch
 from torch import Tensor
 
 from synthesis.checks import check_seeds
-from synthesis.files import sha256_file
 from synthesis.models.pix2pix import (
     UNetGenerator,
     generator_input,
@@ -39,7 +38,8 @@ from synthesis.models.pix2pix import (
 )
 from synthesis.render.denoise import denoise, residual_noise
 from synthesis.rng import streams
-from synthesis.stable import model_threads
+from synthesis.runtime.files import sha256_file
+from synthesis.thread_invariant import model_threads
 
 __all__ = [
     "IMAGE_SCALE",

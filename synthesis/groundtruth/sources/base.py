@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from synthesis.errors import InputError
 from synthesis.rng import derive_seed
+from synthesis.runtime.errors import InputError
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 #: Share of images per split for sources without their own split (Luo's ER: 157/28/38).

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from builder import __version__
-from builder.build.options import BuildOptions
+from builder.assembly.options import BuildOptions
 from builder.package.features import (
     ATTACK_FEATURES,
     CAMERA_FIELDS,
@@ -30,9 +30,9 @@ from builder.package.features import (
 )
 from builder.package.plan import CORRUPTIONS, SplitSpec, resolve_splits
 from builder.package.shards import encode_mask, encode_preview, encode_tiff, image_cell
-from synthesis.errors import InputError
 from synthesis.levels import REFERENCE_SNR, Camera
 from synthesis.rng import derive_seed
+from synthesis.runtime.errors import InputError
 
 #: Clean test images are kept in memory across splits below this many bytes.
 _CACHE_BYTES = 1 << 30

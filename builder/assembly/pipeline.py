@@ -9,11 +9,11 @@ One build writes one Hub package folder::
     OUT/results/<config>.json, .md, -robustness.png   the reference model on every split
 
 This module is the only writer of the manifest (rank 0 of a multi-process build). The work
-itself is a list of units (:mod:`builder.build.units`) shared out across the ranks of a
+itself is a list of units (:mod:`builder.assembly.units`) shared out across the ranks of a
 ``torchrun`` launch, or done in turn by one process; each unit's shards are written under a
 temporary name and renamed when complete, then recorded, so a re-run of the same command,
 at any world size, resumes and ends with the bytes of an uninterrupted one-process build.
-The rows themselves come from :class:`builder.build.images.ConfigImages`.
+The rows themselves come from :class:`builder.assembly.images.ConfigImages`.
 
 Bad input writes nothing. Every rank plans every config (:class:`ConfigPlan` opens the
 source, which reads and checks every image within the caps) before rank 0 creates ``OUT``
@@ -35,9 +35,9 @@ from typing import Any
 
 import torch
 
-from builder import __version__
-from builder.build.options import BuildOptions
-from builder.build.units import (
+from builder import __version__, distributed
+from builder.assembly.options import BuildOptions
+from builder.assembly.units import (
     ConfigPlan,
     assemble_manifest,
     check_shared_folder,
@@ -55,9 +55,8 @@ from builder.package.manifest import (
     read_manifest,
     write_manifest,
 )
-from synthesis import distributed
-from synthesis.device import resolve_device
-from synthesis.errors import FluoroBenchError
+from synthesis.runtime.device import resolve_device
+from synthesis.runtime.errors import FluoroBenchError
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +106,7 @@ def build(opts: BuildOptions) -> dict[str, Any]:
     """Build (or resume) the package in ``opts.out``; return the final manifest.
 
     In one process, or in every rank of a ``torchrun`` launch (or ``--workers``): the ranks
-    share the work units (:mod:`builder.build.units`) through a dynamic queue and end with
+    share the work units (:mod:`builder.assembly.units`) through a dynamic queue and end with
     the bytes of a one-process build.
 
     Raises:

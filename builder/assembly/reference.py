@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from synthesis.files import atomic_write_bytes
-from synthesis.progress import ProgressFactory, no_progress
+from synthesis.runtime.files import atomic_write_bytes
+from synthesis.runtime.progress import ProgressFactory, no_progress
 
 if TYPE_CHECKING:
     import torch
@@ -39,7 +39,7 @@ class ReferenceTraining:
     crop: int = 128
     loss: str = "bce_dice"
     #: CPU threads training runs on, whatever the process has (recorded with the weights):
-    #: :data:`synthesis.stable.MODEL_THREADS`, which :func:`train_segmenter` pins
+    #: :data:`synthesis.thread_invariant.MODEL_THREADS`, which :func:`train_segmenter` pins
     #: (docs/definitions.md#determinism).
     threads: int = 2
 

@@ -7,7 +7,7 @@ reference U-Net is a unit of its own. ``--rows-per-shard`` sets how many rows a 
 so a large split gives many units.
 
 Every rank plans the same units in the same order and takes them from one queue on the
-``torch.distributed`` store (:meth:`synthesis.distributed.Context.queue`): the models first
+``torch.distributed`` store (:meth:`builder.distributed.Context.queue`): the models first
 (configs train in parallel, each on one rank, never with DDP), then the noise and blur
 units (they fill the time the models train), then the attack units, most expensive first.
 A rank that finishes a unit takes the next, so ranks end within one unit of each other; the
@@ -33,17 +33,16 @@ from typing import Any
 
 import torch
 
-from builder import __version__
-from builder.build.images import ConfigImages, batched
-from builder.build.options import BuildOptions
-from builder.build.reference import REFERENCE, fit_reference, model_path
+from builder import __version__, distributed
+from builder.assembly.images import ConfigImages, batched
+from builder.assembly.options import BuildOptions
+from builder.assembly.reference import REFERENCE, fit_reference, model_path
 from builder.package.manifest import FORMAT_VERSION, BuildError
 from builder.package.plan import SplitSpec
 from builder.package.shards import shard_name, write_shard
-from synthesis import distributed
-from synthesis.files import atomic_write_bytes, sha256_file
-from synthesis.progress import no_progress
 from synthesis.rng import derive_seed
+from synthesis.runtime.files import atomic_write_bytes, sha256_file
+from synthesis.runtime.progress import no_progress
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from synthesis.errors import InputError
+from synthesis.runtime.errors import InputError
 
 if TYPE_CHECKING:
     import torch

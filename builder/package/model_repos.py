@@ -10,7 +10,7 @@ Each config's U-Net goes to its own model repo, ``ORG/NAME-<config>``, laid out 
 - ``README.md``: a model card (YAML: library, tags, datasets, metrics, licence) around the
   package's training record;
 - ``.eval_results/fluorobench-c-<config>.yaml``: the model's scores on every split in the
-  Hub's evaluation-results format (:mod:`builder.package.leaderboard`), when the package
+  Hub's evaluation-results format (:mod:`builder.package.eval_results`), when the package
   holds ``results/<config>.json``.
 
 No torch here: the header is read as JSON.
@@ -23,9 +23,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from synthesis.errors import InputError
-from synthesis.files import atomic_write_bytes, sha256_file
 from synthesis.levels import CONFIG_TITLES, CONFIGS
+from synthesis.runtime.errors import InputError
+from synthesis.runtime.files import atomic_write_bytes, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def model_repo_files(
         InputError: the package has no reference model for ``config``.
     """
     from builder.package.card import results_path
-    from builder.package.leaderboard import (
+    from builder.package.eval_results import (
         eval_result_entries,
         eval_results_name,
         eval_results_yaml,

@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
-from synthesis.files import atomic_write_bytes
 from synthesis.levels import CONFIGS
+from synthesis.runtime.files import atomic_write_bytes
 
 EVAL_YAML = "eval.yaml"
 EVAL_RESULTS_DIR = ".eval_results"

@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from builder import __version__
+from builder.distributed import RENDEZVOUS_TIMEOUT_S
 from builder.package.manifest import FORMAT_VERSION
 from builder.package.plan import BASE_SPLITS, resolve_splits
 from synthesis.corruptions.noise import NOISE_MODELS
-from synthesis.device import resolve_device
-from synthesis.distributed import RENDEZVOUS_TIMEOUT_S
-from synthesis.errors import InputError
 from synthesis.levels import CONFIGS
-from synthesis.progress import ProgressFactory
+from synthesis.runtime.device import resolve_device
+from synthesis.runtime.errors import InputError
+from synthesis.runtime.progress import ProgressFactory
 
 #: Mask-to-image renderers: the physics model, pix2pix (+ denoiser), and the naive baseline.
 RENDERERS = ("physics", "gan", "naive")

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from synthesis.errors import JobFailed, RefusedError
+from synthesis.runtime.errors import JobFailed, RefusedError
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from synthesis.errors import InputError
-from synthesis.files import sha256_file
 from synthesis.normalize import NORMALIZATIONS, normalize
+from synthesis.runtime.errors import InputError
+from synthesis.runtime.files import sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -159,7 +159,7 @@ def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     import torch
 
     from synthesis.metrics import check_logits, logits_to_mask
-    from synthesis.stable import model_threads
+    from synthesis.thread_invariant import model_threads
 
     with torch.no_grad(), model_threads(x.device):
         logits = model(x)
