@@ -10,10 +10,12 @@ runs inside ``load_dataset``. This module adds:
 - :class:`FluoroBenchC`: an ``ArrowBasedBuilder`` over the same files, for code that drives
   builders directly (``download_and_prepare``, ``as_dataset``, ``as_streaming_dataset``).
 
-Example:
-    >>> import fluorobench_c  # doctest: +SKIP
-    >>> ds = fluorobench_c.load("fluorobench-c", "mito", "snr_2")  # doctest: +SKIP
-    >>> loader = torch.utils.data.DataLoader(ds, batch_size=16, collate_fn=fluorobench_c.collate)
+Example (with a package built in ``fluorobench-c/``, as the README's quickstart does)::
+
+    import fluorobench_c, torch
+
+    ds = fluorobench_c.load("fluorobench-c", "mito", "snr_2")
+    loader = torch.utils.data.DataLoader(ds, batch_size=16, collate_fn=fluorobench_c.collate)
 """
 
 from __future__ import annotations

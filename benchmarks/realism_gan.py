@@ -24,7 +24,7 @@ rendering speed of both renderers (images/s, 256x256, this machine).
 Writes the grid real | physics | GAN raw | GAN denoised to
 ``docs/images/realism_gan_nucleus.png``.
 
-    python benchmarks/realism_gan.py [--weights DIR] [--images 80] [--json]
+    python benchmarks/realism_gan.py --weights DIR [--images 80] [--json]
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from realism import (
 
 from synthesis import rng
 from synthesis.render.denoise import residual_noise
-from synthesis.render.gan import WEIGHTS_DIR, GanRenderer
+from synthesis.render.gan import GanRenderer
 from synthesis.render.physics import render
 
 NAMES = ("physics", "gan_denoised", "gan_raw")
@@ -121,7 +121,9 @@ def speed(renderer: GanRenderer, items: list, batch: int, repeats: int) -> dict[
 
 def main(argv: list[str] | None = None) -> dict:
     p = _common.parser(__doc__)
-    p.add_argument("--weights", type=Path, default=None, help=f"default: {WEIGHTS_DIR}")
+    p.add_argument(
+        "--weights", type=Path, required=True, help="folder made by train-synthesizer (none ship)"
+    )
     _common.add_tiles(p, grid=ROOT / "docs" / "images" / "realism_gan_nucleus.png")
     _common.add_speed(p)
     _common.add_json(p)

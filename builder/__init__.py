@@ -1,8 +1,16 @@
-"""The Hub package side of FluoroBench-C: split plan, shard writing, dataset card, verify, publish.
+"""Everything of FluoroBench-C that touches files, datasets, processes or the command line.
 
-``builder`` turns what :mod:`synthesis` produces into Parquet shards that
-``datasets.load_dataset`` reads. The command line (``fluorobench-c``) lives in
-:mod:`builder.cli`.
+``builder`` turns what :mod:`synthesis` (the tensor code) produces into packages that
+``datasets.load_dataset`` reads, and works with them, by room (docs/architecture.md):
+
+- :mod:`builder.assembly`: the resumable, distributed build of a package;
+- :mod:`builder.package`: the on-disk and Hub format (no torch): split plan, row schema,
+  shards, manifest, dataset card, verify, publish;
+- :mod:`builder.evaluation`: scoring a model on a package;
+- :mod:`builder.experiments`: fidelity, leaderboard and GAN fitting, which build, train and
+  score;
+- :mod:`builder.distributed`: the process group of a multi-process launch;
+- :mod:`builder.cli`: the command line, ``fluorobench-c``.
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -40,7 +40,7 @@ def test_nothing_in_the_library_imports_the_command_line():
 
     code = (
         "import sys, builder.assembly, builder.evaluation, builder.package.publish, "
-        "builder.package.verify, fluorobench_c, synthesis.models.synthesizer; "
+        "builder.package.verify, fluorobench_c, builder.experiments.synthesizer; "
         "from pathlib import Path; "
         "builder.assembly.BuildOptions(out=Path('x'), configs=['mito']).validate(); "
         "print(sorted(m for m in sys.modules if m.startswith('builder.cli')))"

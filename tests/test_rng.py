@@ -1,4 +1,5 @@
-"""Tests of synthesis.rng: the hash, uniform/normal moments, exact Poisson, batch invariance.
+"""Tests of synthesis.rng: the hash, uniform/normal moments, exact Poisson, gamma, batch
+invariance.
 
 Statistical tests are seeded, so they are deterministic; each tolerance is stated beside it,
 as a multiple of the standard error of the statistic (so a wrong distribution fails while a
@@ -14,7 +15,7 @@ import torch
 from scipy import stats
 
 from synthesis import rng
-from synthesis.rng import counter
+from synthesis.rng import counter, poisson_sampler
 
 STREAM = 7  # streams 0-99 are reserved for these tests
 
@@ -202,8 +203,8 @@ def test_poisson_equals_per_value_reference(monkeypatch, backend, block, gather_
     values, so the compiled kernel's on-the-fly keys of late rounds are used too).
     """
     if backend == "torch":
-        monkeypatch.setattr(counter, "_BLOCK", block)
-        monkeypatch.setattr(counter, "_PTRS_GATHER_MAX_FRACTION", gather_max)
+        monkeypatch.setattr(poisson_sampler, "_BLOCK", block)
+        monkeypatch.setattr(poisson_sampler, "_PTRS_GATHER_MAX_FRACTION", gather_max)
     g = torch.Generator().manual_seed(1)
     lam = (torch.rand(5, 700, generator=g) ** 3 * 40).float()
     lam[0] = 0.0
@@ -321,3 +322,28 @@ def test_compiled_uniform_equals_torch_hash_bit_for_bit():
     # The largest 24-bit value maps below 1 (the clamp of counter._u24).
     top = counter._u24(torch.tensor([-1], dtype=torch.int32))
     assert float(top) == 1.0 - 2.0**-24
+
+
+def test_normal_is_finite_for_every_uniform():
+    """Every one of the 2**24 uniforms gives a normal within [-5.42, 5.30] sd, so the clamp of
+    ``finite_normal`` (+-5.5) changes no value (what its docstring says)."""
+    top = torch.arange(1 << 24, dtype=torch.int64) << 8  # the 24 bits _u24 keeps
+    bits = torch.where(top >= 2**31, top - 2**32, top).to(torch.int32)
+    u = counter._u24(bits)
+    z = torch.erfinv(u.mul_(2.0).sub_(1.0)).mul_(math.sqrt(2.0))  # as normal() computes it
+    assert float(z.min()) > -5.43 and float(z.max()) < 5.31
+    seeds = torch.tensor([3, 4])
+    assert torch.equal(rng.finite_normal(seeds, (2, 999), 11), rng.normal(seeds, (2, 999), 11))
+
+
+def test_gamma_moments_and_batch_invariance():
+    """Gamma(k) for k = 0.5, 3, 20 (2e5 draws each): mean k and variance k within 2%/4%."""
+    k = torch.tensor([0.5, 3.0, 20.0])
+    seeds = torch.tensor([1, 2, 3])
+    stream = rng.streams.CLEAN_INTENSITY
+    g = rng.gamma(k, seeds, (200_000,), stream=stream)
+    assert bool((g > 0).all())
+    for i, kk in enumerate(k.tolist()):
+        assert float(g[i].mean()) == pytest.approx(kk, rel=0.02)
+        assert float(g[i].var()) == pytest.approx(kk, rel=0.04)
+    assert torch.equal(rng.gamma(k[1:2], seeds[1:2], (200_000,), stream), g[1:2])

@@ -159,3 +159,13 @@ def test_build_gan_without_weights_is_refused(tmp_path: Path, capsys):
     args += ["--train", "1", "--validation", "1", "--test", "1", "--device", "cpu"]
     assert main([*args, "--renderer", "gan", "--weights", str(tmp_path / "none")]) == 2
     assert "no generator weights for 'nucleus'" in capsys.readouterr().err
+
+
+def test_build_gan_needs_a_weights_folder(tmp_path: Path, capsys):
+    """No weights ship with the package: --renderer gan without --weights is refused before
+    anything is written."""
+    out = tmp_path / "pkg"
+    args = ["build", str(out), "--config", "nucleus", "--splits", "reference", "--renderer", "gan"]
+    assert main(args) == 2
+    assert "--renderer gan needs --weights DIR" in capsys.readouterr().err
+    assert not out.exists()

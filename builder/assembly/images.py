@@ -86,7 +86,7 @@ class ConfigImages:
             return naive
         from synthesis.render.gan import GanRenderer
 
-        # --weights DIR (from train-synthesizer), or the generator shipped in the package.
+        # --weights DIR (from train-synthesizer): BuildOptions.validate requires it.
         try:
             return GanRenderer.from_weights(self.opts.weights, self.config, self.device)
         except (FileNotFoundError, ValueError) as exc:

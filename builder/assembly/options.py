@@ -68,6 +68,11 @@ class BuildOptions:
             raise InputError(f"--seed must be >= 0. Got {self.seed}")
         if self.renderer not in RENDERERS:
             raise InputError(f"unknown renderer {self.renderer!r}; expected {', '.join(RENDERERS)}")
+        if self.renderer == "gan" and self.weights is None:
+            raise InputError(
+                "--renderer gan needs --weights DIR (made by 'fluorobench-c train-synthesizer'; "
+                "no weights ship with the package). Got none"
+            )
         if self.noise_model not in NOISE_MODELS:
             raise InputError(
                 f"unknown noise model {self.noise_model!r}; expected {', '.join(NOISE_MODELS)}"

@@ -4,7 +4,7 @@
 
 Writes the generator, the denoiser, their model card and ``metrics.json`` into ``DIR``
 (resumable: re-run the same command after an interruption). The library side is
-:mod:`synthesis.models.synthesizer`.
+:mod:`builder.experiments.synthesizer`.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
 
 
 def run(args: argparse.Namespace) -> int:
-    from synthesis.models.synthesizer import generator_settings, train_synthesizer
+    from builder.experiments.synthesizer import generator_settings, train_synthesizer
     from synthesis.runtime.device import resolve_device
 
     device = resolve_device(args.device)

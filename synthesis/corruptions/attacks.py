@@ -35,7 +35,7 @@ Randomness: the PGD/SegPGD/CosPGD random start is uniform in ``[-eps, eps]``, dr
 :func:`synthesis.rng.uniform` from the per-row seeds on stream :data:`streams.ATTACK_START`,
 so an attacked row can be replayed from its seed and stored settings.
 
-Streams: 300 (:data:`streams.ATTACK_START`, the random start).
+Streams: :data:`streams.ATTACK_START` (the random start).
 """
 
 from __future__ import annotations

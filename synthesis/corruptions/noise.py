@@ -26,8 +26,8 @@ Sample, then apply: :func:`noise_parameters` draws nothing and returns every per
 number; :func:`apply_noise` uses only those and the row seeds, so a stored row can be
 replayed bit for bit. :func:`add_noise` does both.
 
-Random streams (per-row seeds, :mod:`synthesis.rng`): :data:`streams.SHOT` = 100 (Poisson),
-:data:`streams.READ` = 101 (read noise), :data:`streams.GAUSSIAN` = 102 (``"gaussian"`` model).
+Random streams (per-row seeds, :mod:`synthesis.rng`): :data:`streams.SHOT` (Poisson),
+:data:`streams.READ` (read noise), :data:`streams.GAUSSIAN` (``"gaussian"`` model).
 """
 
 from __future__ import annotations

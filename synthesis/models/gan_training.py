@@ -26,7 +26,7 @@ Files written under the output folder by :func:`fit`:
   condition | target | output;
 * the final weights, written by the caller with :func:`synthesis.models.pix2pix.save_weights`.
 
-Streams: 380 (the generator's noise input during training).
+Streams: :data:`streams.GAN_TRAIN_NOISE` (the generator's noise input during training).
 """
 
 from __future__ import annotations
@@ -61,8 +61,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: rng stream of the generator's noise channels during training.
 
 
 @dataclass(frozen=True)

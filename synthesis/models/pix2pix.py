@@ -31,7 +31,7 @@ around 1) from a seeded ``torch.Generator``; modules are built on the meta devic
 global RNG is never drawn from. Saved files are ``.safetensors`` with the architecture and the
 caller's metadata in the header (:func:`save_weights`, :func:`load_weights`).
 
-Streams: 280 (:data:`streams.GAN_INPUT`, the generator's noise channels).
+Streams: :data:`streams.GAN_INPUT` (the generator's noise channels).
 """
 
 from __future__ import annotations
@@ -66,7 +66,6 @@ from synthesis.models.weights import atomic_save, read_record
 
 logger = logging.getLogger(__name__)
 
-#: rng stream of the generator's noise input channels.
 #: Mean foreground intensity of a normalised training image, in [0, 1]; 0.4 leaves room for
 #: nuclei 2.5x brighter than the mean before clipping at 1.
 FG_LEVEL: float = 0.4

@@ -6,9 +6,8 @@ It has the interface of the physics renderer (:mod:`synthesis.render.physics`)::
     result = renderer(mask, seeds, "nucleus")   # result.image (B, 1, H, W), result.params
 
 A weights folder holds ``<structure>-pix2pix.safetensors`` (the generator) and, optionally,
-``<structure>-denoiser.safetensors`` (written by ``fluorobench-c train-synthesizer``). Without
-a folder, :func:`packaged_weights` looks in ``synthesis/weights/`` (the models shipped with
-the package).
+``<structure>-denoiser.safetensors`` (written by ``fluorobench-c train-synthesizer``). No
+weights ship with the package: the folder is always given (``build --weights DIR``).
 
 The image is the denoised generator output in normalised units (foreground mean ~0.4 of a
 [0, 1] range, :data:`synthesis.models.pix2pix.FG_LEVEL`) times :data:`IMAGE_SCALE`, floored at
@@ -44,10 +43,8 @@ from synthesis.thread_invariant import model_threads
 __all__ = [
     "IMAGE_SCALE",
     "MIN_VALUE",
-    "WEIGHTS_DIR",
     "GanRenderResult",
     "GanRenderer",
-    "packaged_weights",
     "weight_files",
 ]
 
@@ -57,8 +54,6 @@ logger = logging.getLogger(__name__)
 IMAGE_SCALE: float = 65535.0
 #: Floor of the output (image units): keeps the background mean > 0.
 MIN_VALUE: float = 1.0
-#: The models shipped inside the package.
-WEIGHTS_DIR: Path = Path(__file__).resolve().parents[1] / "weights"
 
 
 @dataclass
@@ -92,12 +87,6 @@ def weight_files(folder: str | os.PathLike[str], structure: str) -> tuple[Path, 
     return gen, den if den.is_file() and den != gen else None
 
 
-def packaged_weights(structure: str) -> Path | None:
-    """The shipped generator of ``structure`` (``synthesis/weights/``), or None."""
-    path = WEIGHTS_DIR / f"{structure}-pix2pix.safetensors"
-    return path if path.is_file() else None
-
-
 class GanRenderer:
     """Render noise-free images from masks with a trained generator (and denoiser).
 
@@ -127,25 +116,16 @@ class GanRenderer:
     @classmethod
     def from_weights(
         cls,
-        path_or_dir: str | os.PathLike[str] | None,
+        path_or_dir: str | os.PathLike[str],
         structure: str,
         device: torch.device | str = "cpu",
     ) -> GanRenderer:
         """Load ``<structure>-pix2pix.safetensors`` (+ ``-denoiser``) from a folder or file.
 
-        ``None`` loads the packaged weights of ``structure``.
-
         Raises:
             FileNotFoundError: no generator for ``structure`` there.
             ValueError: a file that is not a generator of the expected kind.
         """
-        if path_or_dir is None:
-            path_or_dir = packaged_weights(structure)
-            if path_or_dir is None:
-                raise FileNotFoundError(
-                    f"no packaged generator for {structure!r} in {WEIGHTS_DIR}; pass a weights "
-                    "folder made by 'fluorobench-c train-synthesizer'. Got none"
-                )
         gen_path, den_path = weight_files(path_or_dir, structure)
         gen, meta = load_weights(gen_path, device=device)
         if not isinstance(gen, UNetGenerator) or gen.out_channels != 1:

@@ -25,9 +25,9 @@ the SNR of :mod:`synthesis.levels` is defined on every row.
 :func:`render_with_params` uses only them and the seeds (for the texture fields), so an
 image is replayed exactly from the ``params`` stored with its row.
 
-Streams of :mod:`synthesis.rng` used here: ``streams.RENDER_PARAMS`` = 250 (per-row
-parameter draws), ``streams.TEXTURE_FINE`` = 251, ``streams.TEXTURE_COARSE`` = 252,
-``streams.BACKGROUND`` = 253, ``streams.INSTANCE`` = 254 (per-nucleus brightness).
+Streams of :mod:`synthesis.rng` used here: :data:`streams.RENDER_PARAMS` (per-row parameter
+draws), :data:`streams.TEXTURE_FINE`, :data:`streams.TEXTURE_COARSE`,
+:data:`streams.BACKGROUND`, :data:`streams.INSTANCE` (per-nucleus brightness).
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ from torch import Tensor
 from synthesis import rng
 from synthesis.checks import check_images, check_mask, check_seeds
 from synthesis.corruptions.psf import gaussian_blur, gaussian_taps
-from synthesis.groundtruth.masks import finite_normal
 from synthesis.rng import streams
 
 __all__ = [
@@ -383,7 +382,7 @@ def _unit_field(seeds: Tensor, stream: int, shape: tuple[int, int], sigma: Tenso
 
     def field(rows: Tensor, f: int) -> Tensor:
         hs, ws = h // f, w // f
-        noise = finite_normal(seeds[rows], (hs, ws), stream)
+        noise = rng.finite_normal(seeds[rows], (hs, ws), stream)
         sr = sig[rows] / f
         ky, kx = _folded_kernel(sr, hs), _folded_kernel(sr, ws)
         # One transform per row: batched FFTs gave bits that depend on the batch size, and a
@@ -461,7 +460,7 @@ def _instance_gain(instances: Tensor, mask: Tensor, seeds: Tensor, log_sd: Tenso
         raise ValueError(f"instances must be >= 0. Got minimum {int(lab.min())}")
     n = int(lab.max()) + 1
     # Values depend only on (seed, label): the same nucleus gets the same gain in any batch.
-    g = finite_normal(seeds, (n,), streams.INSTANCE)
+    g = rng.finite_normal(seeds, (n,), streams.INSTANCE)
     sd = log_sd.reshape(-1, 1)
     gain = torch.exp(sd * g - sd * sd / 2)
     gain[:, 0] = 1.0

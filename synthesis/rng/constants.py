@@ -1,5 +1,6 @@
 """Constants of the counter-based generator, shared by the torch code
-(:mod:`synthesis.rng.counter`) and the compiled CPU kernels (:mod:`synthesis.rng.kernels`).
+(:mod:`synthesis.rng.counter`, :mod:`synthesis.rng.poisson_sampler`) and the compiled CPU
+kernels (:mod:`synthesis.rng.kernels`).
 
 One source for both paths: a changed constant changes both, so the two backends cannot drift
 apart (tests compare them bit for bit).

@@ -23,7 +23,8 @@ TEXTURE_FINE = 251
 TEXTURE_COARSE = 252
 BACKGROUND = 253
 INSTANCE = 254  #: per-nucleus brightness
-# GAN renderer and its denoiser (synthesis.render.gan, synthesis.render.denoise)
+# GAN renderer and its denoiser (synthesis.render.gan; the denoiser's training pairs:
+# synthesis.render.clean_model, synthesis.render.noise_model)
 GAN_INPUT = 280  #: the generator's noise channels
 CLEAN_INTENSITY = 281
 CLEAN_TEXTURE = 282

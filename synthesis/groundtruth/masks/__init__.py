@@ -19,13 +19,12 @@ all rows are rasterised together with tensor ops ("apply").
   prints them), clustered or spread; overlapping neighbours are split along the curve of
   equal normalised radius, so touching nuclei stay separate instances.
 
-Shared helpers (per-row draws, smooth fields, :func:`finite_normal`, stamping of shapes) are
-in :mod:`.common`. This module holds the public API: the settings tables, :class:`MaskBatch`
-and the dispatcher :func:`generate_masks`.
+Shared helpers (per-row draws, smooth fields, stamping of shapes) are in :mod:`.common`. This
+module holds the public API: the settings tables, :class:`MaskBatch` and the dispatcher
+:func:`generate_masks`.
 
-Streams of :mod:`synthesis.rng` used here (200-299 are reserved for masks and rendering):
-``streams.ER_WARP`` = 200 (the displacement field that bends ER tubules). All other draws
-come from the per-row generator.
+Streams of :mod:`synthesis.rng` used here: :data:`streams.ER_WARP` (the displacement field
+that bends ER tubules). All other draws come from the per-row generator.
 """
 
 from __future__ import annotations
@@ -38,7 +37,6 @@ import torch
 from torch import Tensor
 
 from synthesis.checks import check_seeds
-from synthesis.groundtruth.masks.common import finite_normal as finite_normal
 from synthesis.groundtruth.masks.er import ERSettings, _er
 from synthesis.groundtruth.masks.er import _er_layout as _er_layout
 from synthesis.groundtruth.masks.mito import MitoSettings, _mito

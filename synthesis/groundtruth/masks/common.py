@@ -2,8 +2,8 @@
 
 - :class:`_Draws`: the per-row scalar draws of a layout (a ``torch.Generator`` seeded with
   the row's seed), and :func:`_r` (parameters rounded for the per-row params).
-- :func:`finite_normal` and :func:`_smooth_field`: finite normal noise of
-  :mod:`synthesis.rng` streams, and the smooth (bicubic) fields made from it.
+- :func:`_smooth_field`: smooth (bicubic) fields from the finite normal noise of
+  :func:`synthesis.rng.finite_normal`.
 - Stamping (:func:`_patches`, :func:`_stamp_union`, :func:`_stamp_labels`): rasterising
   batches of shapes, each over its own patch, as a union or as instance labels.
 """
@@ -67,19 +67,9 @@ def _r(x: float) -> float:
 # ----------------------------------------------------------------------------- smooth fields
 
 
-def finite_normal(seeds: Tensor, shape: tuple[int, ...], stream: int) -> Tensor:
-    """:func:`synthesis.rng.normal` with its tails clamped to +-5.5 sd (always finite).
-
-    ``rng.uniform`` can round to exactly 1.0 in float32 (24 bits + 2^-25), where the inverse
-    CDF is inf (probability 2^-24 per value: 0.4 % of 256x256 fields); the clamp changes
-    nothing else, as the 24-bit uniforms bound the tails at 5.4 sd.
-    """
-    return rng.normal(seeds, shape, stream).clamp_(-5.5, 5.5)
-
-
 def _smooth_field(seeds: Tensor, stream: int, size: int, cells: int) -> Tensor:
     """``(B, 2, size, size)`` smooth unit-rms (at the nodes) noise, bicubic between nodes."""
-    nodes = finite_normal(seeds, (2, cells + 1, cells + 1), stream)
+    nodes = rng.finite_normal(seeds, (2, cells + 1, cells + 1), stream)
     return F.interpolate(nodes, size=(size, size), mode="bicubic", align_corners=True)
 
 

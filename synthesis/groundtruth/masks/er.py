@@ -7,7 +7,7 @@ smooth displacement field bends the tubules, a few edges are dropped (larger loo
 ends) and a few small cells near the nucleus are filled (small sheets). Tubules are drawn at
 their exact distance from the cell bisector.
 
-Streams of :mod:`synthesis.rng` used here: ``streams.ER_WARP`` = 200 (the displacement field
+Streams of :mod:`synthesis.rng` used here: :data:`streams.ER_WARP` (the displacement field
 that bends ER tubules). All other draws come from the per-row generator.
 """
 

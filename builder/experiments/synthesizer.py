@@ -18,6 +18,10 @@ Real (mask, image) tiles come from the source adapters (:func:`synthesis.groundt
 BBBC038, Luo et al.'s lists, images/ + masks/ folders). The generator learns from the ``train``
 and ``validation`` tiles; the ``test`` tiles (the benchmark's ``real`` split) are held out for
 the sample grids and the residual-noise measurement.
+
+The tensor work is in :mod:`synthesis`: training in :mod:`synthesis.models.gan_training`, the
+denoiser's noise and clean-target models fitted by :func:`synthesis.render.denoise.fit_models`;
+this module reads the source and writes the files.
 """
 
 from __future__ import annotations
@@ -40,8 +44,6 @@ from synthesis.runtime.progress import ProgressFactory, no_progress
 
 logger = logging.getLogger(__name__)
 
-#: Real images used to fit the denoiser's noise and clean-target models.
-FIT_IMAGES: int = 64
 #: Held-out tiles measured for metrics.json (256x256 crops).
 EVAL_TILES: int = 16
 
@@ -310,8 +312,10 @@ def train_denoiser(
     """Fit the noise and clean-target models, train the denoiser, measure residual noise."""
     from synthesis.models.gan_training import Pix2PixTrainer
     from synthesis.models.pix2pix import load_weights, save_weights
-    from synthesis.render import denoise as dn
+    from synthesis.render.clean_model import sample_clean
+    from synthesis.render.denoise import denoise, fit_models, residual_noise
     from synthesis.render.gan import GanRenderer
+    from synthesis.render.noise_model import sample_noise
     from synthesis.rng import derive_seed
 
     name = f"{structure}-denoiser"
@@ -323,13 +327,13 @@ def train_denoiser(
         step: int, gen: torch.Generator, seeds: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         mask, _, labels = train_set.sample(gen, settings.batch_size, settings.crop)
-        clean, _ = dn.sample_clean(
+        clean, _ = sample_clean(
             mask.to(device),
             seeds,
             clean_model,
             labels=None if labels is None else labels.to(device),
         )
-        noisy, _ = dn.sample_noise(clean, seeds, noise)
+        noisy, _ = sample_noise(clean, seeds, noise)
         return noisy * 2 - 1, clean * 2 - 1
 
     gen = torch.Generator().manual_seed(derive_seed(settings.seed, name, "samples"))
@@ -337,10 +341,10 @@ def train_denoiser(
     sseeds = torch.tensor(
         [derive_seed(settings.seed, name, "sample", i) for i in range(4)], device=device
     )
-    sclean, _ = dn.sample_clean(
+    sclean, _ = sample_clean(
         smask.to(device), sseeds, clean_model, None if slab is None else slab.to(device)
     )
-    snoisy, _ = dn.sample_noise(sclean, sseeds, noise)
+    snoisy, _ = sample_noise(sclean, sseeds, noise)
     _fit(trainer, batch_fn, out, (snoisy * 2 - 1, sclean * 2 - 1), progress)
     meta = {
         "structure": structure,
@@ -364,15 +368,15 @@ def train_denoiser(
     )
     raw, den = renderer.render_unit(emask.to(device), eseeds.to(device))
     emask = emask.to(device)
-    sclean2, _ = dn.sample_clean(emask, eseeds.to(device), clean_model)
-    snoisy2, _ = dn.sample_noise(sclean2, eseeds.to(device), noise)
-    sden2 = dn.denoise(snoisy2, trainer.G)
+    sclean2, _ = sample_clean(emask, eseeds.to(device), clean_model)
+    snoisy2, _ = sample_noise(sclean2, eseeds.to(device), noise)
+    sden2 = denoise(snoisy2, trainer.G)
     report = {
-        "real": dn.residual_noise(ereal.to(device), emask),
-        "generated": dn.residual_noise(raw, emask),
-        "generated_denoised": dn.residual_noise(den, emask),
-        "synthetic_noisy": dn.residual_noise(snoisy2, emask),
-        "synthetic_denoised": dn.residual_noise(sden2, emask),
+        "real": residual_noise(ereal.to(device), emask),
+        "generated": residual_noise(raw, emask),
+        "generated_denoised": residual_noise(den, emask),
+        "synthetic_noisy": residual_noise(snoisy2, emask),
+        "synthetic_denoised": residual_noise(sden2, emask),
     }
     metrics = {
         k: {m: round(float(v[m].median()), 5) for m in ("rel_white", "rel_total", "snr8_excess")}
@@ -389,50 +393,6 @@ def train_denoiser(
         "final_losses": _last_losses(out / f"{name}-loss.jsonl"),
         "train_seconds": round(trainer.seconds, 1),
     }
-
-
-def fit_models(train_set: Any, quant: list[float]) -> tuple[Any, Any]:
-    """Fit the noise model (one fit per image) and the clean-target model (pooled objects)
-    on up to :data:`FIT_IMAGES` training images, batched by image size."""
-    from synthesis.render import denoise as dn
-
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i in range(min(len(train_set), FIT_IMAGES)):
-        groups.setdefault(tuple(train_set.masks[i].shape), []).append(i)
-    fits, images, masks, labels = [], [], [], []
-    # Source tiles share one size: usually a single batch (a loop over sizes, not images).
-    for idx in groups.values():
-        m = torch.stack([train_set.masks[i] for i in idx])[:, None]
-        x = torch.stack([train_set.images[i] for i in idx])[:, None]
-        ok = dn.noise_fit_ok(m)
-        if not bool(ok.any()):
-            continue
-        q = torch.tensor([quant[i] for i in idx], dtype=torch.float64)
-        fits.append(dn.fit_noise(x[ok], m[ok], q[ok]))
-        images.append(x[ok])
-        masks.append(m[ok])
-        if train_set.labels is not None:
-            labels.append(torch.stack([train_set.labels[i] for i in idx])[:, None][ok])
-    if not fits:
-        raise ValueError("no image had enough background and foreground to fit the noise model")
-    noise = dn.NoiseModel(
-        **{k: torch.cat([getattr(f, k) for f in fits]) for k in dn.NoiseModel.__dataclass_fields__}
-    )
-    if len(images) == 1:
-        clean = dn.fit_clean_model(images[0], masks[0], labels[0] if labels else None)
-    else:  # several sizes: pool per-object means and background levels over the groups
-        parts = [
-            dn.fit_clean_model(x, m, lab if labels else None)
-            for x, m, lab in zip(images, masks, labels or [None] * len(images), strict=True)
-        ]
-        mu_i = np.array([c.gamma_shape * c.gamma_scale for c in parts])
-        var_i = np.array([c.gamma_shape * c.gamma_scale**2 for c in parts])
-        mu = float(mu_i.mean())
-        var = float((var_i + mu_i**2).mean() - mu**2)
-        shape = mu * mu / max(var, 1e-12)
-        bgs = tuple(v for c in parts for v in c.background_levels)
-        clean = dn.CleanModel(gamma_shape=shape, gamma_scale=mu / shape, background_levels=bgs)
-    return noise, clean
 
 
 def write_card(structure: str, out: Path, result: dict[str, Any], gen: Any, den: Any) -> Path:
