@@ -125,13 +125,16 @@ class Fault:
 
     ``status``: answer with that HTTP status; ``status=None``: hang until :attr:`release` is
     set (or :data:`HOLD_TIMEOUT_S`), then drop the connection. :attr:`reached` is set when the
-    fault fires.
+    fault fires. ``message``: the error message answered (default ``injected fault on
+    ROUTE``); ``{token}`` in it becomes the request's bearer token, as a server that echoes
+    credentials would answer.
     """
 
     route: str
     after: int = 0
     times: int = 1
     status: int | None = 500
+    message: str | None = None
     seen: int = 0
     fired: int = 0
     reached: threading.Event = field(default_factory=threading.Event)
@@ -367,7 +370,11 @@ class _Handler(BaseHTTPRequestHandler):
         if todo.status is None:
             todo.release.wait(HOLD_TIMEOUT_S)
             raise _Drop
-        raise _HTTPError(todo.status, f"injected fault on {route}")
+        if todo.message is None:
+            raise _HTTPError(todo.status, f"injected fault on {route}")
+        auth = self.headers.get("Authorization", "")
+        token = auth[7:] if auth.lower().startswith("bearer ") else ""
+        raise _HTTPError(todo.status, todo.message.replace("{token}", token))
 
     # ------------------------------------------------------------------ helpers
     def _user(self, required: bool) -> str | None:

@@ -1,4 +1,5 @@
-"""Publishing: round trip through a Hub-compatible server on loopback, resume, refusals, card.
+"""Publishing: round trip through a Hub-compatible server on loopback, resume, refusals, card,
+model repos (their failures typed and the token never shown).
 
 The hub (``tests/hub_server.py``) runs in this process on 127.0.0.1; ``fluorobench-c publish``
 and ``load_dataset`` run in subprocesses, because ``huggingface_hub`` and ``datasets`` read
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import shutil
 import signal
@@ -25,7 +27,14 @@ from PIL import Image
 from builder.cli import main
 from builder.package.card import card_metadata, render_card
 from builder.package.manifest import split_files
-from builder.package.publish import LocalFile, PublishRefused, RemoteFile, make_plan, publish
+from builder.package.publish import (
+    LocalFile,
+    PublishError,
+    PublishRefused,
+    RemoteFile,
+    make_plan,
+    publish,
+)
 from builder.package.samples import MAX_PNG_BYTES, grid_rows
 from tests.conftest import ROOT
 from tests.hub_server import LoopbackHub, hub_env, row_digest
@@ -596,3 +605,140 @@ def test_card_yaml_is_complete_and_licences_follow_the_source(package: Path):
     assert 'pip install "fluorobench-c @ git+https://' in card
     for section in ("## Intended use", "## Out-of-scope use", "## Limitations", "## How to cite"):
         assert section in card
+
+
+# --------------------------------------------------------------------------- model repos
+MODELS = "fluorobench/unet"
+#: A Hub (or proxy) that echoes the request's token in its error message.
+ECHO = "no write access for token {token}"
+
+
+@pytest.fixture(scope="module")
+def unet_package(package: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The package with a small reference U-Net for ``mito``: what ``--models-repo`` uploads."""
+    from synthesis.models.unet import UNet, save_model
+
+    pkg = tmp_path_factory.mktemp("models") / "pkg"
+    shutil.copytree(package, pkg)
+    save_model(
+        UNet(base_channels=4, depth=2, seed=1),
+        pkg / "models" / "mito-unet.safetensors",
+        metadata={},
+    )
+    return pkg
+
+
+def _log_ours_and_the_clients(caplog: pytest.LogCaptureFixture) -> None:
+    """Capture every record of this project and of ``huggingface_hub``, and INFO and up of
+    the rest (``httpcore`` logs raw response headers at DEBUG: an echoing server's words)."""
+    caplog.set_level(logging.INFO)
+    for name in ("builder", "synthesis", "huggingface_hub"):
+        caplog.set_level(logging.DEBUG, logger=name)
+
+
+@pytest.mark.parametrize(
+    "route, status, error, says",
+    [
+        ("create", 403, PublishRefused, "refused access while creating the model repo"),
+        ("create", 500, PublishError, "the Hub failed while creating the model repo"),
+        ("commit", 500, PublishError, "the Hub failed while uploading the model repo"),
+        ("preupload", 403, PublishRefused, "refused access while uploading the model repo"),
+    ],
+)
+def test_models_repo_failures_are_typed_and_scrubbed(
+    unet_package: Path, hub: LoopbackHub, route, status, error, says, caplog, monkeypatch
+):
+    """``publish_models`` talks to the Hub through the dataset's transport: typed errors
+    naming the repo, the token in neither the message nor the logs."""
+    from builder.package.model_repos import publish_models
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_DISABLE_XET", True)  # plain LFS
+    _log_ours_and_the_clients(caplog)
+    hub.state.add_fault(route, status=status, message=ECHO)
+    with pytest.raises(error) as err:
+        publish_models(unet_package, MODELS, dataset_repo=REPO, token=TOKEN, endpoint=hub.endpoint)
+    assert type(err.value) is error  # a 500 is not a refusal
+    message = str(err.value)
+    assert says in message and f"{MODELS}-mito" in message and hub.endpoint in message
+    assert len(message.splitlines()) == 1
+    assert TOKEN not in message and TOKEN not in caplog.text
+
+
+def test_models_repo_unreachable_hub_is_a_publish_error(unet_package: Path, caplog):
+    from builder.package.model_repos import publish_models
+
+    _log_ours_and_the_clients(caplog)
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(PublishError, match=f"cannot reach the Hub at {dead} while creating") as err:
+        publish_models(unet_package, MODELS, dataset_repo=REPO, token=TOKEN, endpoint=dead)
+    assert not isinstance(err.value, PublishRefused)
+    assert TOKEN not in str(err.value) and TOKEN not in caplog.text
+
+
+def test_models_repo_failures_exit_like_the_dataset_path(
+    unet_package: Path, hub: LoopbackHub, tmp_path: Path
+):
+    """``publish --models-repo``: the model repo refused (403): exit 2; the Hub failing its
+    commit (500): exit 1; one line each, never the token (checked by ``_run``) though the
+    hub echoes it."""
+    args = ["publish", str(unet_package), "--repo-id", REPO, "--no-load", "--models-repo", MODELS]
+    hub.state.add_fault("create", after=1, status=403, message=ECHO)  # the dataset's passes
+    r = _run(hub, tmp_path / "home", args)
+    assert r.returncode == 2, r.stderr[-3000:]
+    err = r.stderr.strip().splitlines()[-1]
+    assert err.startswith("fluorobench-c: error: the Hub at") and "(HTTP 403)" in err
+    assert f"refused access while creating the model repo {MODELS}-mito" in err
+    assert "Traceback" not in r.stderr
+    assert f"published {hub.endpoint}/datasets/{REPO}" in r.stdout  # the dataset went up
+
+    hub.state.add_fault("commit", status=500, message=ECHO)  # the dataset is up to date
+    r = _run(hub, tmp_path / "home", args)
+    assert r.returncode == 1, r.stderr[-3000:]
+    err = r.stderr.strip().splitlines()[-1]
+    assert f"the Hub failed while uploading the model repo {MODELS}-mito" in err
+    assert "Traceback" not in r.stderr and "up to date" in r.stdout
+
+    r = _run(hub, tmp_path / "home", args)  # the same command again completes
+    assert r.returncode == 0, r.stderr[-3000:]
+    weights = (unet_package / "models" / "mito-unet.safetensors").read_bytes()
+    assert hub.state.files(f"{MODELS}-mito", repo_type="model")["model.safetensors"] == weights
+
+
+def test_model_header_has_one_reader_without_torch(unet_package: Path, tmp_path: Path):
+    """The U-Net record is read by one function, torch-free (``builder.package`` uses it);
+    a file without it, or not a safetensors file, is one error naming the file."""
+    from safetensors.numpy import save_file
+
+    from builder.package.model_repos import model_repo_files
+    from synthesis.models.unet import load_model
+    from synthesis.models.weights import WeightsFileError
+
+    weights = unet_package / "models" / "mito-unet.safetensors"
+    code = (
+        "import sys; from pathlib import Path; "
+        "from builder.package.model_repos import read_model_record; "
+        f"r = read_model_record(Path({str(weights)!r})); "
+        "assert r['architecture']['class'] == 'UNet', r; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+    pkg = tmp_path / "pkg"
+    shutil.copytree(unet_package, pkg)
+    manifest = json.loads((pkg / "manifest.json").read_text())
+    bad = pkg / "models" / "mito-unet.safetensors"
+    save_file({"w": np.zeros(2, np.float32)}, str(bad), metadata={"other": "{}"})
+    for junk in (None, b"not a safetensors file at all"):
+        if junk is not None:
+            bad.write_bytes(junk)
+        for read in (
+            lambda: load_model(bad),
+            lambda: model_repo_files(pkg, manifest, "mito", dataset_repo=REPO, models_repo=MODELS),
+        ):
+            with pytest.raises(WeightsFileError, match=re.escape(str(bad))):
+                read()
+    assert issubclass(WeightsFileError, ValueError) and WeightsFileError("x").exit_code == 2

@@ -110,22 +110,12 @@ def run(args: argparse.Namespace) -> int:
             f"{len(plan.upload)} file(s), {megabytes(plan.upload_bytes)}, {len(plan.delete)} deleted, "
             f"{len(result.commits)} commit(s), last {result.commits[-1][:12]}"
         )
-    if args.models_repo is not None:
-        from huggingface_hub.utils import HfHubHTTPError
-
+    if args.models_repo is not None:  # failures: PublishError / PublishRefused, as above
         from builder.package.model_repos import publish_models
-        from builder.package.publish import PublishError
 
-        try:
-            repos = publish_models(
-                args.out, args.models_repo, dataset_repo=args.repo_id, private=args.private
-            )
-        except (HfHubHTTPError, OSError) as exc:
-            raise PublishError(
-                f"uploading the reference models to {args.models_repo}-<config> failed "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                "re-run the same command"
-            ) from None
+        repos = publish_models(
+            args.out, args.models_repo, dataset_repo=args.repo_id, private=args.private
+        )
         for repo in repos:
             print(f'published model {repo}: UNet.from_pretrained("{repo}")')
     config, split = _example(args.out)

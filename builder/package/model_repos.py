@@ -13,7 +13,10 @@ Each config's U-Net goes to its own model repo, ``ORG/NAME-<config>``, laid out 
   Hub's evaluation-results format (:mod:`builder.package.eval_results`), when the package
   holds ``results/<config>.json``.
 
-No torch here: the header is read as JSON.
+No torch here: the header record is read by :func:`synthesis.models.weights.read_model_record`
+(safetensors' numpy backend). Uploads go through :class:`builder.package.hub.Hub`, as the
+dataset's do: a failure is a :class:`~builder.package.hub.PublishError` (exit code 1) or
+:class:`~builder.package.hub.PublishRefused` (2), with the token scrubbed.
 """
 
 from __future__ import annotations
@@ -24,14 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from synthesis.levels import CONFIG_TITLES, CONFIGS
+from synthesis.models.weights import read_model_record
 from synthesis.runtime.errors import InputError
 from synthesis.runtime.files import atomic_write_bytes, sha256_file
 
 logger = logging.getLogger(__name__)
 
-#: The header key of :func:`synthesis.models.unet.save_model` records (``_HEADER_KEY`` there;
-#: not imported: that module needs torch, this layer must not).
-_HEADER_KEY = "fluorobench.model"
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 LIBRARY = "fluorobench-c"
@@ -44,25 +45,6 @@ def model_repo_id(models_repo: str, config: str) -> str:
 
 def package_model(out: Path, config: str) -> Path:
     return out / "models" / f"{config}-unet.safetensors"
-
-
-def read_header_record(path: Path) -> dict[str, Any]:
-    """The FluoroBench-C record of a safetensors file's header (architecture, metadata),
-    read with safetensors' numpy backend (no torch in this layer).
-
-    Raises:
-        InputError: not a safetensors file, or no FluoroBench-C record in its header.
-    """
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError) as exc:
-        raise InputError(f"{path}: not a safetensors file ({exc})") from None
-    if _HEADER_KEY not in meta:
-        raise InputError(f"{path}: no FluoroBench-C model record in its safetensors header")
-    return json.loads(meta[_HEADER_KEY])
 
 
 def model_card(
@@ -178,7 +160,7 @@ def model_repo_files(
     weights = package_model(out, config)
     if not weights.is_file():
         raise InputError(f"{weights}: no reference model for {config} (build attack splits)")
-    record = read_header_record(weights)
+    record = read_model_record(weights)
     arch = {k: v for k, v in record.get("architecture", {}).items() if k != "class"}
     results = None
     res_path = results_path(out, config)
@@ -232,15 +214,19 @@ def publish_models(
     """Upload each config's reference U-Net of the package ``out`` to ``ORG/NAME-<config>``
     (created if needed), one commit per repo; return the repo ids.
 
-    A repo that already holds the same files gets no new commit.
+    A repo that already holds the same files gets no new commit. ``token`` and ``endpoint``
+    as for :func:`builder.package.publish.publish`.
 
     Raises:
         InputError: a malformed ``models_repo``, or a package without reference models.
+        synthesis.models.weights.WeightsFileError: a weights file without a U-Net record.
+        PublishRefused: the Hub refuses access (HTTP 401 or 403).
+        PublishError: the Hub cannot be reached or fails, or a local file cannot be read;
+            re-running the same command resumes.
     """
-    from huggingface_hub import CommitOperationAdd, HfApi
-
+    from builder.package.hub import Hub, PublishError
     from builder.package.manifest import read_manifest
-    from builder.package.publish import check_repo_id
+    from builder.package.upload_plan import check_repo_id
 
     check_repo_id(models_repo, "--models-repo")
     manifest = read_manifest(out)
@@ -249,28 +235,36 @@ def publish_models(
     configs = [c for c in CONFIGS if c in manifest["configs"] and package_model(out, c).is_file()]
     if not configs:
         raise InputError(f"{out}: no reference model to publish (build attack splits)")
-    api = HfApi(endpoint=endpoint, token=token)
+    hub = Hub(endpoint=endpoint, token=token)
     published = []
     for config in configs:
         repo_id = model_repo_id(models_repo, config)
         check_repo_id(repo_id, "--models-repo")
-        files = model_repo_files(
-            out, manifest, config, dataset_repo=dataset_repo, models_repo=models_repo
-        )
-        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        ops = [
-            CommitOperationAdd(
-                path_in_repo=rel,
-                path_or_fileobj=str(content) if isinstance(content, Path) else content,
+        try:
+            files = model_repo_files(
+                out, manifest, config, dataset_repo=dataset_repo, models_repo=models_repo
             )
-            for rel, content in files.items()
-        ]
-        info = api.create_commit(
-            repo_id,
-            ops,
-            commit_message=f"FluoroBench-C reference U-Net ({config}) from {dataset_repo}",
-            repo_type="model",
-        )
-        logger.info("published %s (%s)", repo_id, info.commit_url)
+            hub.create_repo(
+                repo_id,
+                repo_type="model",
+                private=private,
+                what=f"creating the model repo {repo_id}",
+            )
+            made = hub.commit(
+                repo_id,
+                files.items(),
+                message=f"FluoroBench-C reference U-Net ({config}) from {dataset_repo}",
+                what=f"uploading the model repo {repo_id}",
+                repo_type="model",
+            )
+        except OSError as exc:  # a local file (Hub errors are PublishErrors by now)
+            text = str(exc).splitlines()[0] if str(exc) else ""
+            raise PublishError(
+                hub.scrub(
+                    f"uploading the reference models to {models_repo}-<config> failed "
+                    f"({type(exc).__name__}: {text}); re-run the same command"
+                )
+            ) from None
+        logger.info("published %s (%s)", repo_id, made.url)
         published.append(repo_id)
     return published

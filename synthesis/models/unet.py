@@ -11,7 +11,8 @@ Weights are initialised from an explicit seed (Kaiming-normal from a seeded
 ``torch.Generator``, built on the meta device first so that the global RNG is never touched).
 
 A saved model is one ``.safetensors`` file: the state dict, plus one header metadata entry,
-``fluorobench.model``, holding JSON ``{"architecture": {constructor arguments}, "metadata":
+``fluorobench.model`` (:data:`synthesis.models.weights.MODEL_HEADER_KEY`, read by
+:func:`synthesis.models.weights.read_model_record`), holding JSON ``{"architecture": {constructor arguments}, "metadata":
 {caller's metadata}}``, so :func:`load_model` needs nothing else. One entry, because the
 safetensors writer orders header metadata through a hash map: with several entries the same
 model could be written as different bytes, hence a different sha256.
@@ -38,12 +39,11 @@ from torch import Tensor, nn
 
 __all__ = ["UNet", "init_weights", "load_model", "save_model"]
 
-from synthesis.models.weights import atomic_save, read_record
+from synthesis.models.weights import MODEL_HEADER_KEY, atomic_save, read_model_record
 from synthesis.thread_invariant import pointwise_conv
 
 logger = logging.getLogger(__name__)
 
-_HEADER_KEY = "fluorobench.model"
 _CONV = (
     nn.Conv1d,
     nn.Conv2d,
@@ -245,7 +245,7 @@ def save_model(model: UNet, path: str | os.PathLike[str], *, metadata: dict[str,
         raise TypeError(f"model must be a synthesis.models.unet.UNet. Got {type(model).__name__}")
     record = {"architecture": {"class": "UNet", **model.hparams}, "metadata": metadata}
     try:
-        header = {_HEADER_KEY: json.dumps(record, sort_keys=True)}
+        header = {MODEL_HEADER_KEY: json.dumps(record, sort_keys=True)}
     except (TypeError, ValueError) as err:
         raise TypeError(f"metadata must be JSON-serialisable. Got {err}") from err
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -269,13 +269,14 @@ def load_model(
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file lacks the architecture header, names another architecture, or its
-            tensors do not fit the architecture.
+        synthesis.models.weights.WeightsFileError: not a safetensors file, or no U-Net record
+            in its header (a ``ValueError``).
+        ValueError: the record names another architecture, or the tensors do not fit it.
     """
     from safetensors.torch import load_file
 
     path = Path(path)
-    record = read_record(path, _HEADER_KEY, "model")
+    record = read_model_record(path)
     arch = dict(record.get("architecture", {}))
     if arch.pop("class", None) != "UNet":
         raise ValueError(f"{path} must hold a UNet. Got architecture {record.get('architecture')}")

@@ -3,6 +3,12 @@
 A model file holds its state dict and, under one header key, a JSON record
 ``{"architecture": {...}, "metadata": {...}}``. One key only: safetensors writes several
 header entries in a varying order, which would change the file's sha256 between saves.
+
+The reference U-Net's key, :data:`MODEL_HEADER_KEY`, and its reader,
+:func:`read_model_record`, are defined here only: :mod:`synthesis.models.unet` writes and
+loads with them, and :mod:`builder.package.model_repos` reads the record without torch. This
+module imports no torch: headers are read with safetensors' numpy backend, and
+:func:`atomic_save` imports ``safetensors.torch`` only when it is called.
 """
 
 from __future__ import annotations
@@ -12,13 +18,21 @@ import os
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor
-
+from synthesis.runtime.errors import InputError
 from synthesis.runtime.files import sha256_file, temporary_name
 
+#: The header key of the reference U-Net's record (:func:`synthesis.models.unet.save_model`).
+MODEL_HEADER_KEY = "fluorobench.model"
 
-def atomic_save(tensors: dict[str, Tensor], path: Path, header: dict[str, str]) -> str:
-    """Write a safetensors file under a temporary name, rename it, return its sha256."""
+
+class WeightsFileError(InputError):
+    """A weights file whose safetensors header cannot be read, lacks its FluoroBench-C
+    record or holds a record that is not JSON; the message names the file (exit code 2)."""
+
+
+def atomic_save(tensors: dict[str, Any], path: Path, header: dict[str, str]) -> str:
+    """Write a safetensors file of ``tensors`` (name -> torch tensor) under a temporary
+    name, rename it, return its sha256."""
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,19 +50,41 @@ def atomic_save(tensors: dict[str, Tensor], path: Path, header: dict[str, str]) 
 def read_record(path: Path, key: str, what: str) -> dict[str, Any]:
     """The JSON record stored under ``key`` in the header of the safetensors file ``path``.
 
+    Read with safetensors' numpy backend: the header only, no tensor, no torch.
+
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the header has no ``key`` (not a FluoroBench-C ``what``).
+        WeightsFileError: not a safetensors file, no ``key`` in its header (not a
+            FluoroBench-C ``what``), or a record that is not JSON. A ``ValueError``.
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     if not path.is_file():
         raise FileNotFoundError(f"{what} file {path} does not exist. Got no file")
-    with safe_open(str(path), framework="pt") as f:
-        header = f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            header = f.metadata() or {}
+    except SafetensorError as exc:
+        raise WeightsFileError(f"{path} is not a safetensors file ({exc})") from None
     if key not in header:
-        raise ValueError(
+        raise WeightsFileError(
             f"{path} is not a FluoroBench-C {what} file: its safetensors header must hold "
             f"'{key}'. Got keys {sorted(header)}"
         )
-    return json.loads(header[key])
+    try:
+        return json.loads(header[key])
+    except json.JSONDecodeError as exc:
+        raise WeightsFileError(
+            f"{path}: the '{key}' record of its safetensors header is not JSON ({exc})"
+        ) from None
+
+
+def read_model_record(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The record of a reference U-Net file (:data:`MODEL_HEADER_KEY`): ``{"architecture":
+    {"class": "UNet", constructor arguments}, "metadata": {...}}``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        WeightsFileError: not a safetensors file, or no U-Net record in its header.
+    """
+    return read_record(Path(path), MODEL_HEADER_KEY, "model")
