@@ -24,6 +24,7 @@ __all__ = [
     "check_logits",
     "dice",
     "iou",
+    "iou_of_counts",
     "logits_to_mask",
     "robustness",
 ]
@@ -197,6 +198,17 @@ def robustness(iou_split: float | Tensor, iou_reference: float | Tensor) -> floa
     return 100.0 * split / ref
 
 
+def iou_of_counts(intersection: float, union: float) -> float:
+    """Aggregate IoU from pixel counts summed over images: ``intersection / union``, 1.0 when
+    the union is empty (no foreground predicted or true anywhere).
+
+    Example:
+        >>> iou_of_counts(30, 40), iou_of_counts(0, 0)
+        (0.75, 1.0)
+    """
+    return intersection / union if union else 1.0
+
+
 class SegmentationScores:
     """Accumulates IoU and Dice over a split, batch by batch.
 
@@ -271,7 +283,7 @@ class SegmentationScores:
         union = self._pred + self._target - self._inter
         total = self._pred + self._target
         return {
-            "iou": self._inter / union if union else 1.0,
+            "iou": iou_of_counts(self._inter, union),
             "dice": 2 * self._inter / total if total else 1.0,
             "iou_mean": self._iou_sum / self._images,
             "dice_mean": self._dice_sum / self._images,

@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,8 @@ from builder.assembly import BuildOptions, build
 from builder.assembly.options import RENDERERS
 from builder.assembly.reference import fit_reference, read_split
 from builder.evaluation.scoring import per_image_counts
+from builder.package.card import number_cell
+from synthesis.metrics import iou_of_counts
 from synthesis.normalize import zscore
 from synthesis.runtime.device import resolve_device
 from synthesis.runtime.errors import InputError, RefusedError
@@ -196,9 +197,7 @@ def fidelity(opts: FidelityOptions, *, progress: ProgressFactory | None = None) 
 def iou(counts: Counts, ids: list[str] | None = None) -> float:
     """Aggregate IoU of ``ids`` (default: all) from per-image counts."""
     keys = list(counts) if ids is None else ids
-    inter = sum(counts[k][0] for k in keys)
-    union = sum(counts[k][1] for k in keys)
-    return inter / union if union else 1.0
+    return iou_of_counts(sum(counts[k][0] for k in keys), sum(counts[k][1] for k in keys))
 
 
 def split_scores(counts: Counts) -> dict[str, float | int]:
@@ -337,14 +336,14 @@ def fidelity_markdown(results: dict[str, Any]) -> str:
             if real and res["iou_real_snr_8"] and real["iou_real_snr_8"]
             else "—"
         )
-        cells = [_fmt(res["families"][f]["gap"], ".1f") for f in FAMILIES]
+        cells = [number_cell(res["families"][f]["gap"], 1) for f in FAMILIES]
         lines.append(
-            f"| {name} | {_fmt(res['iou_test'])} | {_fmt(res['iou_real'])} "
-            f"| {_fmt(res['iou_real_snr_8'])} | {rel} | " + " | ".join(cells) + " |"
+            f"| {name} | {number_cell(res['iou_test'])} | {number_cell(res['iou_real'])} "
+            f"| {number_cell(res['iou_real_snr_8'])} | {rel} | " + " | ".join(cells) + " |"
         )
     if real:
         lines.append(
-            f"| real train tiles | — | {_fmt(real['iou_real'])} | {_fmt(real['iou_real_snr_8'])} "
+            f"| real train tiles | — | {number_cell(real['iou_real'])} | {number_cell(real['iou_real_snr_8'])} "
             "| 1.00 | — | — | — |"
         )
     for name, why in results.get("skipped", {}).items():
@@ -355,8 +354,8 @@ def fidelity_markdown(results: dict[str, Any]) -> str:
             lv = FAMILIES[family]
             lines.append(
                 f"| {name} | {family} | {' '.join(map(str, lv))} "
-                f"| {' '.join(_fmt(_at(data['synthetic'], x), '.0f') for x in lv)} "
-                f"| {' '.join(_fmt(_at(data['real'], x), '.0f') for x in lv)} |"
+                f"| {' '.join(number_cell(_at(data['synthetic'], x), 0) for x in lv)} "
+                f"| {' '.join(number_cell(_at(data['real'], x), 0) for x in lv)} |"
             )
     shown = ("test", "snr_3", "snr_2", "real_snr_8", "real_snr_3", "real_snr_2", "real")
     if results["renderers"]:
@@ -534,7 +533,3 @@ def _robustness(split: Counts, reference: Counts, ids: list[str]) -> float | Non
 def _at(curve: dict[Any, float], level: int) -> float | None:
     """A curve's value at ``level`` (keys are ints, or strings once read back from JSON)."""
     return curve.get(level, curve.get(str(level)))
-
-
-def _fmt(v: float | None, spec: str = ".3f") -> str:
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from builder.package.card import number_cell
 from builder.package.eval_results import ranked_entries
 from synthesis.runtime.errors import InputError, RefusedError
 from synthesis.runtime.files import atomic_write_bytes, sha256_file
@@ -405,12 +406,6 @@ def correlation(entries: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _fmt(v: Any, digits: int = 1) -> str:
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-        return f"{v:.{digits}f}"
-    return "—"
-
-
 def leaderboard_markdown(board: dict[str, Any]) -> str:
     families = sorted({f for e in board["models"] for f in e["robustness"]})
     shown = [f for f in ("snr", "sib", "svb", "fgsm", "ifgsm", "pgd") if f in families]
@@ -438,16 +433,16 @@ def leaderboard_markdown(board: dict[str, Any]) -> str:
         note = "" if e.get("converged", True) else " (did not learn: test IoU < half the best)"
         lines.append(
             f"| {rank} | `{e['model']}`{note} | {e['family']} | {e['parameters']:,} | "
-            f"{_fmt(e['test_iou'], 3)} | "
-            + " | ".join(_fmt(e["robustness"].get(f)) for f in shown)
-            + f" | {_fmt(e['corruption_robustness'])} | {_fmt(e['adversarial_robustness'])} | "
-            f"{_fmt(e['transfer_robustness'])} |"
+            f"{number_cell(e['test_iou'], 3)} | "
+            + " | ".join(number_cell(e["robustness"].get(f), 1) for f in shown)
+            + f" | {number_cell(e['corruption_robustness'], 1)} | {number_cell(e['adversarial_robustness'], 1)} | "
+            f"{number_cell(e['transfer_robustness'], 1)} |"
         )
     c = board["correlation"]
     lines += [
         "",
         f"Spearman rank correlation between corruption and adversarial (white-box PGD ε8) "
-        f"robustness over {c['models']} models: **{_fmt(c['spearman'], 2)}**.",
+        f"robustness over {c['models']} models: **{number_cell(c['spearman'], 2)}**.",
         "",
         "White-box robustness at ε = 8 per attack:",
         "",
@@ -457,7 +452,7 @@ def leaderboard_markdown(board: dict[str, Any]) -> str:
     for e in ranked:
         lines.append(
             f"| `{e['model']}` | "
-            + " | ".join(_fmt(v) for v in e["whitebox_robustness"].values())
+            + " | ".join(number_cell(v, 1) for v in e["whitebox_robustness"].values())
             + " |"
         )
     lines += ["", "| model | weights | sha256 |", "|---|---|---|"]
@@ -508,7 +503,7 @@ def plot_leaderboard(board: dict[str, Any], path: Path) -> dict[str, Any]:
     rho = board["correlation"]["spearman"]
     ax2.set_xlabel("corruption robustness (mean of SNR, SIB, SVB)")
     ax2.set_ylabel("white-box PGD ε8 robustness")
-    ax2.set_title(f"Spearman ρ = {_fmt(rho, 2)} ({board['correlation']['models']} models)")
+    ax2.set_title(f"Spearman ρ = {number_cell(rho, 2)} ({board['correlation']['models']} models)")
     fig.tight_layout()
     tmp = temporary_name(path)
     fig.savefig(tmp, format="png", dpi=110)

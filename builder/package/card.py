@@ -304,7 +304,7 @@ def _models(manifest: dict[str, Any]) -> str:
         if model:
             lines.append(
                 f"| {config} | `{model['path']}` | `{model['sha256'][:16]}…` | "
-                f"{_fmt(model.get('val_iou'))} |"
+                f"{number_cell(model.get('val_iou'))} |"
             )
     if not lines:
         return (
@@ -343,7 +343,15 @@ def _samples(manifest: dict[str, Any], out: Path | None) -> str:
     )
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
+def number_cell(value: Any, digits: int = 3) -> str:
+    """A table cell: a finite number with ``digits`` decimals, anything else (None, NaN, a
+    missing score) as "—". The one formatter of the card's, the fidelity report's and the
+    leaderboard's Markdown tables.
+
+    Example:
+        >>> number_cell(0.12345), number_cell(82.66, 1), number_cell(None), number_cell(float("nan"))
+        ('0.123', '82.7', '—', '—')
+    """
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return f"{value:.{digits}f}"
     return "—"
@@ -378,13 +386,15 @@ def _results(manifest: dict[str, Any], out: Path | None) -> str:
         for name in sorted(splits, key=lambda n: (order.index(n) if n in order else len(order), n)):
             r = splits[name]
             lines.append(
-                f"| `{name}` | {r.get('images', '—')} | {_fmt(r.get('iou'))} | "
-                f"{_fmt(r.get('dice'))} | {_fmt(r.get('robustness'), 1)} |"
+                f"| `{name}` | {r.get('images', '—')} | {number_cell(r.get('iou'))} | "
+                f"{number_cell(r.get('dice'))} | {number_cell(r.get('robustness'), 1)} |"
             )
         families = res.get("families") or {}
         if families:
             lines += ["", "| family | mean robustness |", "|---|---:|"]
-            lines += [f"| {f} | {_fmt(v.get('mean_robustness'), 1)} |" for f, v in families.items()]
+            lines += [
+                f"| {f} | {number_cell(v.get('mean_robustness'), 1)} |" for f, v in families.items()
+            ]
         plot = path.with_name(f"{c}-robustness.png")
         if plot.exists():
             lines += ["", f"![{c} robustness]({plot.relative_to(out).as_posix()})"]
@@ -434,13 +444,13 @@ def _leaderboards(manifest: dict[str, Any], out: Path | None) -> str:
             rank = str(i) if e.get("converged", True) else "— (did not learn)"
             lines.append(
                 f"| {rank} | `{e['model']}` | {e['family']} | {e['parameters']:,} | "
-                f"{_fmt(e['test_iou'])} | {_fmt(e['corruption_robustness'], 1)} | "
-                f"{_fmt(e['adversarial_robustness'], 1)} | {_fmt(e['transfer_robustness'], 1)} |"
+                f"{number_cell(e['test_iou'])} | {number_cell(e['corruption_robustness'], 1)} | "
+                f"{number_cell(e['adversarial_robustness'], 1)} | {number_cell(e['transfer_robustness'], 1)} |"
             )
         rho = board.get("correlation", {}).get("spearman")
         lines += [
             "",
-            f"Spearman rank correlation, corruption vs adversarial robustness: {_fmt(rho, 2)}.",
+            f"Spearman rank correlation, corruption vs adversarial robustness: {number_cell(rho, 2)}.",
         ]
         blocks.append("\n".join(lines))
     if not blocks:
