@@ -27,7 +27,7 @@ def bbbc038_dir() -> Path:
 
 
 #: Small sizes shared by the end-to-end build tests.
-SMALL = ["--train", "4", "--validation", "2", "--test", "3", "--batch-size", "2", "--seed", "7"]
+SMALL = ["--train", "4", "--validation", "2", "--test", "2", "--batch-size", "2", "--seed", "7"]
 
 
 @pytest.fixture(scope="session")

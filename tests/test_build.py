@@ -24,7 +24,7 @@ from builder.package.verify import verify
 from tests.conftest import ROOT, SMALL
 
 CONFIGS = ("er", "mito", "nucleus")
-COUNTS = {"train": 4, "validation": 2, "test": 3}
+COUNTS = {"train": 4, "validation": 2, "test": 2}
 # A cheaper recipe for the tests that build several times (no attacks: no model training).
 FAST = ["--config", "mito", "--splits", "reference", "clean", "snr", "sib", "svb", *SMALL]
 
