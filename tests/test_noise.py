@@ -243,6 +243,67 @@ def test_bad_input_raises_clear_errors():
         noise.apply_noise(clean, {**p, "k_e_per_unit": torch.tensor(-1.0)}, 1)
 
 
+def test_overflowing_rates_raise_the_poisson_error():
+    clean, _ = _scene(1, 0.2, size=16)
+    params = {"k_e_per_unit": 1e38, "read_noise_e": 1.0, "offset_adu": 100.0, "e_per_adu": 1.0}
+    with pytest.raises(ValueError, match="rate must be finite and >= 0"):
+        noise.apply_noise(clean * 1e3, params, 1)
+
+
+# --- compiled CPU steps (the same bits as the torch ops) ---------------------------------
+
+
+def test_compiled_adu_is_the_torch_ops_bit_for_bit():
+    from synthesis.corruptions import noise_sums
+
+    g = torch.Generator().manual_seed(3)
+    b, n = 5, 4096
+    normal = torch.randn(b, n, generator=g)
+    normal[:, :8] = torch.tensor([0.5, -0.5, 1.5, 2.5, -0.0, 0.0, 1e9, -1e9])  # ties, clips
+    scale = torch.tensor([1.5, 0.0, 1.0, 3.0, 2.0])
+    add = torch.rand(b, n, generator=g) * 200 - 20
+    gain = torch.tensor([0.1, 1.0, 0.5, 2.0, 0.25])
+    offset = torch.tensor([100.0, 0.0, 10.0, 3.0, 50.0])
+    adc = torch.tensor([65535.0, 4095.0, 300.0, 65535.0, 1000.0])
+    out = noise_sums.adu_rows(*(t.numpy() for t in (normal, scale, add, gain, offset, adc)))
+    e = normal.clone().mul_(scale[:, None]).add_(add)  # the torch code, op for op
+    e.div_(gain[:, None]).add_(offset[:, None]).round_().clamp_(min=0.0)
+    reference = torch.minimum(e, adc[:, None]).to(torch.int32)
+    assert torch.equal(torch.from_numpy(out), reference)
+
+
+@pytest.mark.parametrize("batch", [1, 4, 7])
+def test_compiled_sums_add_in_order_whatever_the_rows_summed_together(batch):
+    from synthesis.corruptions import noise_sums
+
+    g = torch.Generator().manual_seed(batch)
+    n = 3000
+    x = torch.rand(batch, n, generator=g) * 50
+    x[0, :3] = -0.0
+    fg = torch.rand(batch, n, generator=g) < 0.4
+    adu = (torch.rand(batch, n, generator=g) * 3000).to(torch.int32)
+    gain = torch.rand(batch, generator=g) * 0.5 + 0.05
+    offset = gain * 100
+    n_fg, s_fg, s_all = noise_sums.mask_sums(x.numpy(), fg.numpy())
+    sums = noise_sums.snr_sums(adu.numpy(), x.numpy(), fg.numpy(), gain.numpy(), offset.numpy())
+    for r in range(batch):  # one value at a time, in column order, in float64
+        xs = [float(v) for v in x[r]]
+        m = fg[r].tolist()
+        e = (adu[r].float() * gain[r] - offset[r]).tolist()  # float32 electrons
+        d = (adu[r].float() * gain[r] - offset[r] - x[r]).tolist()
+        want = [0.0] * 5
+        for c in range(n):
+            want[0] += xs[c]
+            want[2] += e[c]
+            if m[c]:
+                want[1] += xs[c]
+                want[3] += e[c]
+                want[4] += float(torch.tensor(d[c]) * torch.tensor(d[c]))  # float32 square
+        assert int(n_fg[r]) == sum(m) == int(sums[r, 0])
+        assert (s_all[r], s_fg[r]) == (want[0], want[1])
+        assert (sums[r, 2], sums[r, 1], sums[r, 3]) == (want[2], want[3], want[4])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_agrees_with_cpu_statistically():
     clean, mask = _scene(6, 0.2)

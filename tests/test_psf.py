@@ -293,3 +293,65 @@ def test_cuda_matches_cpu():
         cpu = fn(x, torch.tensor([1, 3, 5]))
         gpu = fn(x.cuda(), torch.tensor([1, 3, 5])).cpu()
         assert (cpu - gpu).abs().max() < 1e-5
+
+
+# --- compiled CPU path -----------------------------------------------------------------------
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """The bytes of ``t`` (so that -0.0 and 0.0 differ)."""
+    return t.contiguous().view(torch.uint8)
+
+
+def _both_paths(monkeypatch, fn):
+    """(compiled, torch ops) results of ``fn()``."""
+    compiled = fn()
+    with monkeypatch.context() as m:
+        m.setattr(psf, "_compiled", lambda *args, **kwargs: False)
+        reference = fn()
+    return compiled, reference
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_blur_is_the_torch_blur_bit_for_bit(monkeypatch, dtype):
+    # The kernel repeats the torch ops value for value (fma for add_(p, alpha=t)); SVB skips
+    # only exact-zero terms, whose sign cannot reach an output that starts at +0.
+    g = torch.Generator().manual_seed(11)
+    for b, h, w in [(10, 64, 64), (3, 97, 130), (2, 33, 20), (1, 5, 7)]:
+        x = (torch.rand(b, 1, h, w, generator=g, dtype=dtype) - 0.2).clamp_min(0)
+        x[0, 0, :3, :3] = -0.5  # negative values and signed zeros
+        x[-1, 0, -2:, :] = -0.0
+        levels = torch.arange(b) % 6
+        cases = [
+            lambda x=x, levels=levels: psf.sib(x, levels),
+            lambda x=x, levels=levels: psf.svb(x, levels),
+            lambda x=x: psf.space_variant_blur(x, 3.0, rings=4),
+            lambda x=x: psf.space_variant_blur(x, 7.0, rings=3, sigma_center_px=0.0),
+            lambda x=x: psf.gaussian_blur(x, 1.7),
+        ]
+        for fn in cases:
+            compiled, reference = _both_paths(monkeypatch, fn)
+            assert compiled.dtype == dtype
+            assert torch.equal(_bits(compiled), _bits(reference)), (b, h, w)
+    x = _rand(9, 1, 256, 256, seed=13).to(dtype)  # the benchmark's size, a group of 8 and one
+    big = _rand(5, 1, 700, 650, seed=14).to(dtype)  # fewer images per group (large images)
+    for fn in (lambda: psf.sib(x, 3), lambda: psf.svb(x, 3), lambda: psf.svb(big, 2)):
+        compiled, reference = _both_paths(monkeypatch, fn)
+        assert torch.equal(_bits(compiled), _bits(reference))
+
+
+def test_compiled_blur_does_not_depend_on_threads_or_batch():
+    x = _rand(19, 1, 80, 72, seed=12)
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, 4):
+            torch.set_num_threads(threads)
+            outs.append((psf.sib(x, 4), psf.svb(x, 4)))
+    finally:
+        torch.set_num_threads(before)
+    for sib, svb in outs[1:]:
+        assert torch.equal(sib, outs[0][0]) and torch.equal(svb, outs[0][1])
+    for i in (0, 7, 8, 18):  # first, last of a group of 8, first of the next, the tail
+        assert torch.equal(psf.svb(x[i : i + 1], 4), outs[0][1][i : i + 1])
+        assert torch.equal(psf.sib(x[i : i + 1], 4), outs[0][0][i : i + 1])
