@@ -45,7 +45,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull
 
 from synthesis import rng
-from synthesis.corruptions.psf import gaussian_blur
+from synthesis.filters.gaussian import gaussian_blur
 from synthesis.groundtruth.masks import STRUCTURES, generate_masks
 from synthesis.groundtruth.sources import open_source
 from synthesis.render.physics import render

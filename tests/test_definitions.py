@@ -60,7 +60,7 @@ def test_minmax_and_none():
 def test_gaussian_taps_match_scipy_and_respect_the_cut():
     from scipy.signal.windows import gaussian
 
-    from synthesis.corruptions.psf import gaussian_kernel1d, gaussian_taps
+    from synthesis.filters.gaussian import gaussian_kernel1d, gaussian_taps
 
     sig = torch.tensor([0.7, 1.0, 2.5], dtype=torch.float64)
     k = gaussian_taps(sig, 10)

@@ -13,6 +13,7 @@ import torch
 from scipy import ndimage
 
 from synthesis.corruptions import psf
+from synthesis.filters import gaussian
 from synthesis.levels import SIB_SIGMA_PX, SVB
 
 
@@ -49,7 +50,7 @@ def _fwhm(profile: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("sigma", [0.3, 0.5, 1.0, 2.5, 5.0])
 def test_kernel_is_normalised_symmetric_and_scipy_sized(sigma):
-    k = psf.gaussian_kernel1d(sigma, dtype=torch.float64)
+    k = gaussian.gaussian_kernel1d(sigma, dtype=torch.float64)
     assert abs(float(k.sum()) - 1) < 1e-12
     assert torch.equal(k, k.flip(0))
     assert k.numel() == 2 * int(4.0 * sigma + 0.5) + 1  # scipy's radius convention
@@ -57,11 +58,11 @@ def test_kernel_is_normalised_symmetric_and_scipy_sized(sigma):
 
 
 def test_kernel_sigma_zero_is_identity_and_bad_sigma_raises():
-    assert torch.equal(psf.gaussian_kernel1d(0.0), torch.ones(1))
+    assert torch.equal(gaussian.gaussian_kernel1d(0.0), torch.ones(1))
     with pytest.raises(ValueError, match="sigma_px must be finite and >= 0. Got -1"):
-        psf.gaussian_kernel1d(-1.0)
+        gaussian.gaussian_kernel1d(-1.0)
     with pytest.raises(ValueError, match="truncate must be > 0"):
-        psf.gaussian_kernel1d(1.0, truncate=0)
+        gaussian.gaussian_kernel1d(1.0, truncate=0)
 
 
 # --- SIB ---------------------------------------------------------------------------------
@@ -70,35 +71,35 @@ def test_kernel_sigma_zero_is_identity_and_bad_sigma_raises():
 @pytest.mark.parametrize("sigma", [0.5, 1.0, 2.5, 5.0])
 def test_blur_matches_scipy_reflect(sigma):
     x = _rand(3, 1, 40, 53)
-    y = psf.gaussian_blur(x, sigma)
+    y = gaussian.gaussian_blur(x, sigma)
     # float32 accumulation of <= 41 taps: |error| < 1e-6 of values in [0, 1].
     assert (y.double() - _scipy_blur(x, sigma)).abs().max() < 1e-6
 
 
 def test_blur_of_image_smaller_than_kernel_folds_like_scipy():
     x = _rand(2, 1, 5, 7, seed=1)
-    y = psf.gaussian_blur(x, 5.0)  # radius 20 > 7: mirrored again and again
+    y = gaussian.gaussian_blur(x, 5.0)  # radius 20 > 7: mirrored again and again
     assert (y.double() - _scipy_blur(x, 5.0)).abs().max() < 1e-6
-    one = psf.gaussian_blur(_rand(1, 1, 1, 1), 3.0)
+    one = gaussian.gaussian_blur(_rand(1, 1, 1, 1), 3.0)
     assert one.shape == (1, 1, 1, 1)
 
 
 @pytest.mark.parametrize("sigma", [1.0, 3.0, 5.0, 15.0])
 def test_blur_preserves_flux(sigma):
     x = _rand(2, 1, 64, 48, seed=2) * 100
-    y = psf.gaussian_blur(x, sigma)
+    y = gaussian.gaussian_blur(x, sigma)
     # Exact in exact arithmetic (symmetric boundary); float32 sums: relative 1e-5.
     torch.testing.assert_close(y.sum((1, 2, 3)), x.sum((1, 2, 3)), rtol=1e-5, atol=0)
 
 
 def test_fft_path_equals_direct_taps_and_is_batch_invariant(monkeypatch):
     x = _rand(5, 1, 50, 61, seed=3)
-    direct = psf.gaussian_blur(x, 4.0)
-    monkeypatch.setattr(psf, "FFT_MIN_RADIUS_PX", 1)
-    fft = psf.gaussian_blur(x, 4.0)
+    direct = gaussian.gaussian_blur(x, 4.0)
+    monkeypatch.setattr(gaussian, "FFT_MIN_RADIUS_PX", 1)
+    fft = gaussian.gaussian_blur(x, 4.0)
     assert (fft - direct).abs().max() < 1e-6  # same kernel and boundary, float32 rounding
     for i in range(5):  # bit for bit (batched 1-D FFTs are not batch invariant on CPU)
-        assert torch.equal(psf.gaussian_blur(x[i : i + 1], 4.0), fft[i : i + 1])
+        assert torch.equal(gaussian.gaussian_blur(x[i : i + 1], 4.0), fft[i : i + 1])
 
 
 @pytest.mark.parametrize("level", sorted(SIB_SIGMA_PX))
@@ -118,9 +119,9 @@ def test_fwhm_of_blurred_point_is_2355_sigma(level):
 def test_per_sample_sigma_equals_per_item_loop():
     x = _rand(5, 1, 30, 30, seed=4)
     sigmas = torch.tensor([0.0, 2.0, 1.0, 2.0, 5.0])
-    y = psf.gaussian_blur(x, sigmas)
+    y = gaussian.gaussian_blur(x, sigmas)
     for i in range(5):
-        assert torch.equal(y[i : i + 1], psf.gaussian_blur(x[i : i + 1], float(sigmas[i])))
+        assert torch.equal(y[i : i + 1], gaussian.gaussian_blur(x[i : i + 1], float(sigmas[i])))
     assert torch.equal(y[0], x[0])  # sigma 0 is the identity
 
 
@@ -128,21 +129,23 @@ def test_blur_keeps_dtype_and_accepts_non_contiguous_input():
     x = _rand(2, 1, 20, 30, seed=5)
     nc = x.transpose(2, 3)
     assert not nc.is_contiguous()
-    torch.testing.assert_close(psf.gaussian_blur(nc, 2.0), psf.gaussian_blur(nc.contiguous(), 2.0))
-    assert psf.gaussian_blur(x.double(), 2.0).dtype == torch.float64
+    torch.testing.assert_close(
+        gaussian.gaussian_blur(nc, 2.0), gaussian.gaussian_blur(nc.contiguous(), 2.0)
+    )
+    assert gaussian.gaussian_blur(x.double(), 2.0).dtype == torch.float64
 
 
 def test_blur_bad_input():
     with pytest.raises(ValueError, match=r"shape \(B, 1, H, W\). Got \(2, 20, 20\)"):
-        psf.gaussian_blur(torch.zeros(2, 20, 20), 1.0)
+        gaussian.gaussian_blur(torch.zeros(2, 20, 20), 1.0)
     with pytest.raises(TypeError, match="floating-point tensor"):
-        psf.gaussian_blur(torch.zeros(1, 1, 8, 8, dtype=torch.int32), 1.0)
+        gaussian.gaussian_blur(torch.zeros(1, 1, 8, 8, dtype=torch.int32), 1.0)
     with pytest.raises(ValueError, match="sigma_px must be >= 0"):
-        psf.gaussian_blur(torch.zeros(2, 1, 8, 8), torch.tensor([1.0, -1.0]))
+        gaussian.gaussian_blur(torch.zeros(2, 1, 8, 8), torch.tensor([1.0, -1.0]))
     with pytest.raises(ValueError, match=r"sigma_px must be a scalar or have shape \(2,\)"):
-        psf.gaussian_blur(torch.zeros(2, 1, 8, 8), torch.tensor([1.0, 2.0, 3.0]))
+        gaussian.gaussian_blur(torch.zeros(2, 1, 8, 8), torch.tensor([1.0, 2.0, 3.0]))
     with pytest.raises(ValueError, match="must be finite"):
-        psf.gaussian_blur(torch.full((1, 1, 8, 8), float("nan")), 1.0)
+        gaussian.gaussian_blur(torch.full((1, 1, 8, 8), float("nan")), 1.0)
 
 
 # --- SVB ---------------------------------------------------------------------------------
@@ -243,7 +246,7 @@ def test_svb_crops_equal_full_image_basis():
         y = psf.space_variant_blur(x, sigma, rings=rings)
         nodes = psf.svb_ring_sigmas(sigma, rings, SVB.sigma_center_px)
         w = psf.svb_weights(psf.svb_sigma_map(97, 130, sigma), nodes).float()
-        full = sum(psf.gaussian_blur(x * w[k], s) for k, s in enumerate(nodes))
+        full = sum(gaussian.gaussian_blur(x * w[k], s) for k, s in enumerate(nodes))
         assert (y - full).abs().max() < 1e-6
 
 
@@ -307,7 +310,8 @@ def _both_paths(monkeypatch, fn):
     """(compiled, torch ops) results of ``fn()``."""
     compiled = fn()
     with monkeypatch.context() as m:
-        m.setattr(psf, "_compiled", lambda *args, **kwargs: False)
+        for module in (gaussian, psf):  # each asks separable.applies for its blur
+            m.setattr(module, "applies", lambda *args, **kwargs: False)
         reference = fn()
     return compiled, reference
 
@@ -327,7 +331,7 @@ def test_compiled_blur_is_the_torch_blur_bit_for_bit(monkeypatch, dtype):
             lambda x=x, levels=levels: psf.svb(x, levels),
             lambda x=x: psf.space_variant_blur(x, 3.0, rings=4),
             lambda x=x: psf.space_variant_blur(x, 7.0, rings=3, sigma_center_px=0.0),
-            lambda x=x: psf.gaussian_blur(x, 1.7),
+            lambda x=x: gaussian.gaussian_blur(x, 1.7),
         ]
         for fn in cases:
             compiled, reference = _both_paths(monkeypatch, fn)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import stats
 
-from synthesis.corruptions import psf
+from synthesis.filters import gaussian
 from synthesis.groundtruth.masks import generate_masks
 from synthesis.render.physics import (
     PARAM_NAMES,
@@ -89,7 +89,7 @@ def test_half_resolution_haze_matches_a_full_resolution_blur():
     x = torch.zeros(3, 1, 128, 128)
     x[:, :, 60:68, 40:90] = 1.0
     sigma = torch.tensor([3.0, 6.0, 12.0])
-    full = psf.gaussian_blur(x, sigma)
+    full = gaussian.gaussian_blur(x, sigma)
     half = _wide_blur(x, sigma)
     assert torch.equal(half[0], full[0])  # below 6 px: the full-resolution blur itself
     assert float((half - full).abs().max()) < 0.015 * float(full[1:].amax())
@@ -280,7 +280,7 @@ def test_cuda_matches_cpu():
 
 def test_naive_renderer_is_mask_plus_blur():
     """The realism baseline: NAIVE_SCALE x the mask blurred by NAIVE_PSF_PX, nothing else."""
-    from synthesis.corruptions.psf import gaussian_blur
+    from synthesis.filters.gaussian import gaussian_blur
     from synthesis.render.naive import NAIVE_PSF_PX, NAIVE_SCALE
     from synthesis.render.naive import render as naive
 

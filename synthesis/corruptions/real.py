@@ -52,6 +52,7 @@ from torch import Tensor
 from synthesis import rng
 from synthesis.checks import check_images, check_mask, check_seeds
 from synthesis.corruptions import psf
+from synthesis.filters.gaussian import gaussian_kernel1d
 from synthesis.levels import SIB_SIGMA_PX, SVB
 from synthesis.rng import streams
 
@@ -462,7 +463,7 @@ def noise_retained(family: str, level: int, h: int, w: int) -> Tensor:
     the 1-D sum). For SVB, ``sum_{k,l} w_k w_l (h_k . h_l)^2`` over the ring weights (the
     weights vary slowly across a kernel's support, so the product is taken at the pixel)."""
     if family == "sib":
-        k = psf.gaussian_kernel1d(SIB_SIGMA_PX[level], dtype=torch.float64)
+        k = gaussian_kernel1d(SIB_SIGMA_PX[level], dtype=torch.float64)
         return torch.full((h, w), float(k.square().sum()) ** 2, dtype=torch.float64)
     if family != "svb":
         raise ValueError(f"family must be 'sib' or 'svb'. Got {family!r}")
@@ -471,7 +472,7 @@ def noise_retained(family: str, level: int, h: int, w: int) -> Tensor:
     weights = psf.svb_weights(
         psf.svb_sigma_map(h, w, sigma_edge, sigma_center_px=SVB.sigma_center_px), nodes
     ).to(torch.float64)
-    kernels = [psf.gaussian_kernel1d(s, dtype=torch.float64) for s in nodes]
+    kernels = [gaussian_kernel1d(s, dtype=torch.float64) for s in nodes]
     out = torch.zeros((h, w), dtype=torch.float64)
     for i, ki in enumerate(kernels):
         for j, kj in enumerate(kernels):

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from synthesis.checks import check_images, check_mask
-from synthesis.corruptions.psf import gaussian_blur
+from synthesis.filters.gaussian import gaussian_blur
 from synthesis.render.physics import RENDER_SETTINGS, RenderSettings, render
 
 __all__ = [

@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from synthesis.checks import check_seeds
-from synthesis.corruptions.psf import gaussian_blur
+from synthesis.filters.gaussian import gaussian_blur
 from synthesis.render.physics import RenderResult
 
 __all__ = ["NAIVE_PSF_PX", "NAIVE_SCALE", "render"]

@@ -43,7 +43,7 @@ from torch import Tensor
 
 from synthesis import rng
 from synthesis.checks import check_images, check_mask, check_seeds
-from synthesis.corruptions.psf import gaussian_blur, gaussian_taps
+from synthesis.filters.gaussian import gaussian_blur, gaussian_taps
 from synthesis.render.morphology import (
     BG_MARGIN_PX,
     FG_MARGIN_PX,
@@ -93,7 +93,7 @@ def unit_variance(field: Tensor, sigma: Tensor) -> Tensor:
 
 
 def blur(x: Tensor, sigma: float | Tensor) -> Tensor:
-    """:func:`synthesis.corruptions.psf.gaussian_blur` (float32 kernels) for float64 data."""
+    """:func:`synthesis.filters.gaussian.gaussian_blur` (float32 kernels) for float64 data."""
     return gaussian_blur(x.to(torch.float32), sigma).to(x.dtype)
 
 

@@ -11,7 +11,7 @@ The default mask-to-image path (no weights needed). Image formation, per row:
    compaction differ between cells) and a dimmer rim (a nucleus is thinner at its edge).
 2. **Optics**: the density is convolved with a diffraction-limited PSF (Gaussian
    approximation of the Airy disc, ``sigma ~ 0.21 lambda / NA``, about 1-1.6 px at Nyquist
-   sampling; :func:`synthesis.corruptions.psf.gaussian_blur`, flux-preserving), plus **out-of-focus
+   sampling; :func:`synthesis.filters.gaussian.gaussian_blur`, flux-preserving), plus **out-of-focus
    haze**: a fraction of the same density spread by a wide Gaussian (light from the
    structure above and below the focal plane).
 3. **Background autofluorescence**: a dim, strictly positive, smoothly varying level
@@ -43,7 +43,8 @@ from torch import Tensor
 
 from synthesis import rng
 from synthesis.checks import check_images, check_mask, check_seeds
-from synthesis.corruptions.psf import gaussian_blur, gaussian_taps
+from synthesis.filters.gaussian import gaussian_blur, gaussian_taps
+from synthesis.grouping import by_key
 from synthesis.rng import streams
 
 __all__ = [
@@ -319,7 +320,7 @@ def _wide_blur(x: Tensor, sigma: Tensor) -> Tensor:
         low = gaussian_blur(F.avg_pool2d(x[rows], 2), sigma[rows] / 2)
         return F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
 
-    return _grouped(half, blur, x.device)
+    return by_key(half, blur, x.device)
 
 
 def _device_of(x: object) -> torch.device:
@@ -403,23 +404,7 @@ def _unit_field(seeds: Tensor, stream: int, shape: tuple[int, int], sigma: Tenso
             out = F.interpolate(out, size=(h, w), mode="bicubic", align_corners=False)
         return out.to(torch.float32)
 
-    return _grouped(factors, field, seeds.device)
-
-
-def _grouped(keys: list[Any], fn: Any, device: torch.device) -> Tensor:
-    """``fn(rows, key)`` on the rows sharing each key, reassembled in row order."""
-    distinct = sorted(set(keys))
-    if len(distinct) == 1:
-        return fn(torch.arange(len(keys), device=device), distinct[0])
-    out: Tensor | None = None
-    for key in distinct:
-        rows = torch.tensor([i for i, k in enumerate(keys) if k == key], device=device)
-        part = fn(rows, key)
-        if out is None:
-            out = part.new_empty((len(keys), *part.shape[1:]))
-        out[rows] = part
-    assert out is not None
-    return out
+    return by_key(factors, field, seeds.device)
 
 
 def _folded_kernel(sig: Tensor, period: int) -> Tensor:
