@@ -29,9 +29,11 @@ promise this serves, and what it does not cover (the same bits on two CPU types)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import inspect
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +43,7 @@ __all__ = [
     "BLOCK",
     "MODEL_THREADS",
     "model_threads",
+    "on_model_threads",
     "pointwise_conv",
     "stable_sum",
     "threads",
@@ -78,6 +81,30 @@ def model_threads(device: torch.device | str) -> Iterator[None]:
         return
     with threads(MODEL_THREADS):
         yield
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def on_model_threads(
+    device_of: Callable[[dict[str, Any]], torch.device | str],
+) -> Callable[[_F], _F]:
+    """Decorate a function so that it runs inside :func:`model_threads`; ``device_of`` maps
+    the call's arguments by name (defaults applied) to the device its model math runs on."""
+
+    def decorate(fn: _F) -> _F:
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def pinned(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            with model_threads(device_of(bound.arguments)):
+                return fn(*args, **kwargs)
+
+        return pinned  # type: ignore[return-value]
+
+    return decorate
 
 
 def stable_sum(values: Tensor) -> Tensor:

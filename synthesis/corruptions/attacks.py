@@ -57,7 +57,7 @@ from synthesis.levels import ATTACKS, AttackProtocol, Camera
 from synthesis.metrics import check_logits
 from synthesis.normalize import zscore
 from synthesis.rng import streams
-from synthesis.thread_invariant import model_threads
+from synthesis.thread_invariant import on_model_threads
 
 __all__ = [
     "GREY_LEVELS",
@@ -290,6 +290,11 @@ def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
     return fallback
 
 
+def _attack_device(model: nn.Module, adu: object) -> torch.device:
+    """The device an attack's model math runs on: the model's (else the images')."""
+    return _model_device(model, adu.device if isinstance(adu, Tensor) else torch.device("cpu"))
+
+
 def attack(
     model: nn.Module,
     adu: Tensor,
@@ -349,6 +354,7 @@ def attack(
     return result
 
 
+@on_model_threads(lambda args: _attack_device(args["model"], args["adu"]))
 def attack_budgets(
     model: nn.Module,
     adu: Tensor,
@@ -374,38 +380,6 @@ def attack_budgets(
 
     Returns one :class:`AttackResult` per budget, in the order of ``budgets``.
     """
-    out_device = adu.device if isinstance(adu, Tensor) else torch.device("cpu")
-    with model_threads(_model_device(model, out_device)):
-        return _attack_budgets(
-            model,
-            adu,
-            mask,
-            method=method,
-            budgets=budgets,
-            seeds=seeds,
-            loss=loss,
-            preprocess=preprocess,
-            step_grey=step_grey,
-            iterations=iterations,
-            random_init=random_init,
-        )
-
-
-def _attack_budgets(
-    model: nn.Module,
-    adu: Tensor,
-    mask: Tensor,
-    *,
-    method: str,
-    budgets: list[float],
-    seeds: list[Tensor | int] | None = None,
-    loss: AttackLoss | None = None,
-    preprocess: Callable[[Tensor], Tensor] = zscore,
-    step_grey: float | None = None,
-    iterations: int | None = None,
-    random_init: bool | None = None,
-) -> list[AttackResult]:
-    """The work of :func:`attack_budgets`, on the threads it was given."""
     if method not in _PROTOCOLS:
         raise ValueError(f"method must be one of {METHODS}. Got {method!r}")
     if not budgets:
@@ -446,7 +420,7 @@ def _attack_budgets(
         # One image at a time on CPU: a convolution's bits depend on the batch it runs in,
         # and batch 1 is also faster here (1.8x for 16 images of 256 x 256: cache-resident).
         parts = [
-            _attack_budgets(
+            attack_budgets(
                 model,
                 x_adu[i : i + 1],
                 mask[i : i + 1],

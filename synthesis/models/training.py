@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from synthesis.checks import check_images, check_mask
 from synthesis.metrics import SegmentationScores, check_logits, logits_to_mask
 from synthesis.models.unet import init_weights
-from synthesis.thread_invariant import model_threads
+from synthesis.thread_invariant import on_model_threads
 
 __all__ = ["LOSSES", "TrainResult", "segmentation_loss", "train_segmenter"]
 
@@ -156,6 +156,7 @@ def _validate(
     }
 
 
+@on_model_threads(lambda args: args["device"])
 def train_segmenter(
     model: nn.Module,
     train_images: Tensor,
@@ -204,43 +205,6 @@ def train_segmenter(
     Raises:
         TypeError, ValueError: malformed images or masks, or invalid settings.
     """
-    with model_threads(device):
-        return _train_segmenter(
-            model=model,
-            train_images=train_images,
-            train_masks=train_masks,
-            val_images=val_images,
-            val_masks=val_masks,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            device=device,
-            loss=loss,
-            crop=crop,
-            init=init,
-            progress=progress,
-        )
-
-
-def _train_segmenter(
-    model: nn.Module,
-    train_images: Tensor,
-    train_masks: Tensor,
-    val_images: Tensor,
-    val_masks: Tensor,
-    *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    device: torch.device | str = "cpu",
-    loss: str = "bce_dice",
-    crop: int | None = None,
-    init: bool = True,
-    progress: Callable[[int, dict[str, float]], None] | None = None,
-) -> TrainResult:
-    """The work of :func:`train_segmenter`, on the threads it was given."""
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1. Got {value!r}")
