@@ -317,3 +317,32 @@ def test_cuda_agrees_with_cpu_statistically():
     torch.testing.assert_close(
         gpu.params["snr_measured"].cpu(), cpu.params["snr_measured"], rtol=0.01, atol=0
     )
+
+
+@pytest.mark.parametrize("model", ["poisson_gaussian", "gaussian"])
+@pytest.mark.parametrize(("batch", "size"), [(1, 8), (5, 33), (21, 64)])
+@pytest.mark.parametrize("block_rows", [3, 0])
+def test_fused_cpu_passes_give_the_bytes_of_the_step_by_step_path(
+    model, batch, size, block_rows, monkeypatch
+):
+    """``_apply_cpu`` (rates formed in the sampler, ``2u - 1``, ``erfinv``, then one pass for
+    noise, ADU and SNR sums) against ``_apply_torch`` (``rng.normal``, ``_to_adu``,
+    ``_measure_rows``, step by step), with and without a mask, float32 and float64 images,
+    row counts that leave groups of 1 to 3 rows, one block or blocks of 3 rows."""
+    if block_rows:
+        monkeypatch.setattr(noise, "_FUSED_BLOCK_ELEMS", block_rows * size * size)
+    g = torch.Generator().manual_seed(batch * 100 + size)
+    mask = torch.rand(batch, 1, size, size, generator=g) < 0.3
+    mask[:, :, 0, 0] = True
+    mask[:, :, -1, -1] = False
+    clean = torch.where(mask, 1 + torch.rand(batch, 1, size, size, generator=g), 0.1)
+    seeds = torch.arange(batch) * 977 + 5
+    snr = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 0.5, 30.0])[torch.arange(batch) % 8]
+    for image in (clean, clean.double()):
+        params = noise.noise_parameters(image, mask, snr, model=model)
+        p = noise._replay_params(params, batch, image.device, model)
+        for m in (mask, None):
+            fused = noise._apply_cpu(image, p, seeds, m, model)
+            steps = noise._apply_torch(image, p, seeds, m, model)
+            assert torch.equal(fused[0], steps[0])
+            assert torch.equal(fused[1], steps[1])

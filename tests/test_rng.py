@@ -347,3 +347,37 @@ def test_gamma_moments_and_batch_invariance():
         assert float(g[i].mean()) == pytest.approx(kk, rel=0.02)
         assert float(g[i].var()) == pytest.approx(kk, rel=0.04)
     assert torch.equal(rng.gamma(k[1:2], seeds[1:2], (200_000,), stream), g[1:2])
+
+
+def test_compiled_scaled_poisson_is_poisson_of_the_products():
+    """``kernels.poisson_scaled_rows(x, k)`` is ``rng.poisson(x * k)`` bit for bit (rates on
+    both sides of 10, zeros, several tiles per row), and refuses overflowing products."""
+    from synthesis.rng import kernels
+
+    g = torch.Generator().manual_seed(8)
+    x = torch.rand(3, 40_000, generator=g) * 2
+    x[:, :5] = 0.0
+    k = torch.tensor([0.7, 9.0, 400.0])
+    seeds = torch.tensor([4, 2**62 + 1, 99])
+    out = kernels.poisson_scaled_rows(x.numpy(), k.numpy(), seeds.numpy(), STREAM)
+    assert torch.equal(torch.from_numpy(out), rng.poisson(x * k[:, None], seeds, STREAM))
+    x[1, 30_000] = 1e38
+    assert kernels.poisson_scaled_rows(x.numpy(), k.numpy(), seeds.numpy(), STREAM) is None
+    x[1, 30_000] = math.nan
+    assert kernels.poisson_scaled_rows(x.numpy(), k.numpy(), seeds.numpy(), STREAM) is None
+
+
+def test_compiled_erfinv_argument_gives_normal():
+    """``kernels.erfinv_arg_rows`` is ``2u - 1`` of ``rng.uniform``; its ``erfinv`` times
+    float32 sqrt(2) is ``rng.normal`` bit for bit."""
+    from synthesis.rng import kernels
+
+    seeds = torch.tensor([0, 7, 2**63 - 1])
+    for stream, sub in ((STREAM, 0), (300, 5)):
+        y = torch.from_numpy(
+            kernels.erfinv_arg_rows(seeds.numpy(), 5001, counter._stream_const(stream, sub))
+        )
+        u = rng.uniform(seeds, (5001,), stream, sub=sub)
+        assert torch.equal(y, u.mul(2.0).sub_(1.0))
+        z = torch.erfinv(y) * torch.tensor(math.sqrt(2.0), dtype=torch.float32)
+        assert torch.equal(z, rng.normal(seeds, (5001,), stream, sub=sub))

@@ -252,13 +252,23 @@ def _apply(
     clean: Tensor, p: dict[str, Tensor], seeds: Tensor, mask: Tensor | None, model: str
 ) -> tuple[Tensor, Tensor]:
     """:func:`apply_noise` on checked inputs."""
+    if clean.device.type == "cpu":
+        return _apply_cpu(clean, p, seeds, mask, model)
+    return _apply_torch(clean, p, seeds, mask, model)
+
+
+def _apply_torch(
+    clean: Tensor, p: dict[str, Tensor], seeds: Tensor, mask: Tensor | None, model: str
+) -> tuple[Tensor, Tensor]:
+    """:func:`_apply` step by step (torch ops, and each step's compiled kernel on CPU): the
+    path of other devices, and the reference :func:`_apply_cpu` is tested against."""
     batch, device = clean.shape[0], clean.device
     adu = torch.empty(clean.shape, dtype=torch.int32, device=device)
     snr_measured = torch.empty(batch, dtype=torch.float32, device=device)
-    mean_e = clean.float() * _per_image(p["k_e_per_unit"])
     # Shot noise for the whole batch in one call (per-call costs paid once; the torch sampler
     # of other devices also finishes the few undecided values of all its blocks together).
-    shot = _shot_noise(mean_e, seeds) if model == "poisson_gaussian" else None
+    shot = _shot_noise(clean, p["k_e_per_unit"], seeds) if model == "poisson_gaussian" else None
+    mean_e = clean.float() * _per_image(p["k_e_per_unit"])
     # Rows are independent (counter-based noise), so blocks of rows that stay in cache give
     # the same bytes as one pass over the batch, with a fraction of the memory traffic.
     for r0, r1 in _row_blocks(batch, clean[0].numel(), device):
@@ -280,38 +290,107 @@ def _apply(
     return adu, snr_measured
 
 
+def _apply_cpu(
+    clean: Tensor, p: dict[str, Tensor], seeds: Tensor, mask: Tensor | None, model: str
+) -> tuple[Tensor, Tensor]:
+    """:func:`_apply` on CPU: the same values from compiled passes (Numba).
+
+    Per block of rows: one pass writes ``2u - 1`` of the normal's uniforms
+    (:func:`synthesis.rng.kernels.erfinv_arg_rows`), ``torch.erfinv`` runs in place on it
+    (the very op of ``rng.normal``), and one pass scales it, adds the shot noise (or the
+    expected electrons ``k x``), converts to ADU and sums the realised SNR's terms
+    (:func:`synthesis.corruptions.noise_sums.noisy_rows`). ``k x`` is formed inside the
+    passes that read it (the same float32 products), never stored. Fewer passes over memory
+    than the step-by-step path, and torch's OpenMP workers, which spin for a while after each
+    parallel op and take a core from the next compiled pass on a small machine, run only for
+    ``erfinv`` (once per block).
+    """
+    from synthesis.corruptions import noise_sums
+    from synthesis.rng import kernels
+    from synthesis.rng.counter import _stream_const
+
+    batch = clean.shape[0]
+    n = clean[0].numel()
+    x = clean.float().reshape(batch, n).contiguous()
+    k = p["k_e_per_unit"].float()
+    adu = torch.empty((batch, n), dtype=torch.int32)
+    snr_measured = torch.empty(batch, dtype=torch.float32)
+    shot = None
+    if model == "poisson_gaussian":
+        shot = _shot_noise(x, p["k_e_per_unit"], seeds)
+        stream, scale = streams.READ, p["read_noise_e"].float()
+    else:
+        stream, scale = streams.GAUSSIAN, p["noise_sigma_e"].float()
+    const = _stream_const(stream)
+    f32 = {key: p[key].float() for key in ("e_per_adu", "offset_adu", "adc_max_adu")}
+    fg = mask.reshape(batch, n) if mask is not None else None
+    for r0, r1 in _row_blocks(batch, n, clean.device, _FUSED_BLOCK_ELEMS):
+        y = torch.from_numpy(kernels.erfinv_arg_rows(seeds[r0:r1].numpy(), n, const))
+        torch.erfinv(y, out=y)
+        sums = noise_sums.noisy_rows(
+            y.numpy(),
+            scale[r0:r1].numpy(),
+            shot[r0:r1].numpy() if shot is not None else None,
+            x[r0:r1].numpy(),
+            k[r0:r1].numpy(),
+            f32["e_per_adu"][r0:r1].numpy(),
+            f32["offset_adu"][r0:r1].numpy(),
+            f32["adc_max_adu"][r0:r1].numpy(),
+            adu[r0:r1].numpy(),
+            fg[r0:r1].numpy() if fg is not None else None,
+        )
+        if sums is not None:
+            n_fg, sum_fg, sum_all, resid = torch.from_numpy(sums).unbind(1)
+            signal = sum_fg / n_fg - (sum_all - sum_fg) / (n - n_fg)
+            snr_measured[r0:r1] = (signal / torch.sqrt(resid / n_fg)).to(torch.float32)
+    adu = adu.reshape(clean.shape)
+    if mask is None:
+        mean_e = clean.float() * _per_image(p["k_e_per_unit"])
+        for r0, r1 in _row_blocks(batch, n, clean.device):
+            pr = {key: value[r0:r1] for key, value in p.items()}
+            snr_measured[r0:r1] = _noise_fidelity_snr(adu[r0:r1], mean_e[r0:r1], pr, model)
+    return adu, snr_measured
+
+
 # Elements per block of rows on CPU (4 MB of float32 per intermediate). Each block launches
 # the compiled steps once (a parallel launch costs tens of microseconds on two threads):
 # 2**20 ran 13-17% faster than 2**18 at SNR 1 and 6-10% at SNR 8 (64 images of 256x256,
 # one and two threads, issue 21); no value depends on the blocks (rows are independent).
 _BLOCK_ELEMS = 1 << 20
+# Elements per block of :func:`_apply_cpu` (16 MB of float32 per intermediate): each block
+# hands over from the compiled passes to ``torch.erfinv`` and back, and torch's OpenMP
+# workers spin for a while after their op, taking a core from the next compiled pass. On the
+# 2-core machine of issue 21 (64 images of 256x256), 2**22 ran 15-20% faster than 2**20.
+_FUSED_BLOCK_ELEMS = 1 << 22
 
 
-def _shot_noise(mean_e: Tensor, seeds: Tensor) -> Tensor:
-    """Exact Poisson samples of the expected electrons (stream ``streams.SHOT``).
+def _shot_noise(clean: Tensor, k: Tensor, seeds: Tensor) -> Tensor:
+    """Exact Poisson samples of the expected electrons ``k x`` (stream ``streams.SHOT``).
 
-    On CPU the compiled sampler of :func:`synthesis.rng.poisson` is called directly, the
-    same kernel on the same values: its rates here are ``k x`` of checked images (finite,
-    >= 0, k > 0), so one maximum checks them (float32 overflow) where ``rng.poisson`` runs
-    ``isfinite`` and ``< 0`` over the whole batch (~10% of a call at SNR 8, one thread).
+    On CPU the compiled sampler of :func:`synthesis.rng.poisson` is called directly, the same
+    kernel on the same values: it forms the rates ``float32(x) * float32(k)`` itself (the
+    float32 products of ``clean.float() * k``) and checks them as it reads them (finite,
+    >= 0), where ``rng.poisson`` would need them in memory and run ``isfinite`` and ``< 0``
+    over the whole batch (~10% of a call at SNR 8, one thread).
     """
-    if mean_e.device.type != "cpu":
-        return rng.poisson(mean_e, seeds, streams.SHOT)
-    if not math.isfinite(float(mean_e.amax())):
-        raise ValueError("rate must be finite and >= 0. Got negative or non-finite values")
+    if clean.device.type != "cpu":
+        return rng.poisson(clean.float() * _per_image(k), seeds, streams.SHOT)
     from synthesis.rng import kernels
 
-    b = mean_e.shape[0]
-    flat = mean_e.reshape(b, -1).contiguous().numpy()
-    return torch.from_numpy(kernels.poisson_rows(flat, seeds.numpy(), streams.SHOT)).reshape(
-        mean_e.shape
-    )
+    b = clean.shape[0]
+    x = clean.float().reshape(b, -1).contiguous().numpy()
+    out = kernels.poisson_scaled_rows(x, k.float().numpy(), seeds.numpy(), streams.SHOT)
+    if out is None:
+        raise ValueError("rate must be finite and >= 0. Got negative or non-finite values")
+    return torch.from_numpy(out).reshape(clean.shape)
 
 
-def _row_blocks(batch: int, per_row: int, device: torch.device) -> list[tuple[int, int]]:
+def _row_blocks(
+    batch: int, per_row: int, device: torch.device, elems: int = 0
+) -> list[tuple[int, int]]:
     if device.type != "cpu":
         return [(0, batch)]
-    step = max(1, _BLOCK_ELEMS // max(per_row, 1))
+    step = max(1, (elems or _BLOCK_ELEMS) // max(per_row, 1))
     return [(r, min(batch, r + step)) for r in range(0, batch, step)]
 
 

@@ -15,6 +15,11 @@ instead of whole-array torch passes (which stay the path on other devices):
   (one value at a time waits on each step's multiply-add latency and mispredicts the loop
   exit: ~2.5x slower at rate 6).
 
+Two entry points serve the camera noise (:mod:`synthesis.corruptions.noise`):
+:func:`poisson_scaled_rows`, :func:`poisson_rows` of float32 products ``x * k`` formed and
+checked tile by tile (the rates never go to memory), and :func:`erfinv_arg_rows`, the
+``2u - 1`` that ``rng.normal`` hands to ``torch.erfinv``.
+
 Rows (tiles of rows for Poisson) run in parallel with ``prange`` on torch's thread count; no
 result depends on how work is split among threads. Numba's threading layer is set to
 ``workqueue`` (unless ``NUMBA_THREADING_LAYER`` says otherwise): its OpenMP layer resets the
@@ -165,9 +170,18 @@ _LANES = 16
 
 @_jit
 def _inversion_lanes(
-    rate: np.ndarray, r: int, cols: np.ndarray, count: int, k1: int, k2: int, out: np.ndarray
+    rate: np.ndarray,
+    rr: int,
+    coff: int,
+    r: int,
+    cols: np.ndarray,
+    count: int,
+    k1: int,
+    k2: int,
+    out: np.ndarray,
 ) -> None:
-    """Sequential search for ``rate[r, cols[:count]]`` (all < 10), ``_LANES`` at a time.
+    """Sequential search for the rates ``rate[rr, cols[:count] - coff]`` (all < 10) of row
+    ``r``, columns ``cols[:count]``, ``_LANES`` at a time.
 
     Every lane takes the steps of the slowest lane of its group; a settled lane's count stops
     growing because the cdf only grows, so the result is the per-value search's.
@@ -181,7 +195,7 @@ def _inversion_lanes(
         m = min(_LANES, count - base)
         for lane in range(_LANES):
             c = cols[base + lane] if lane < m else cols[base]
-            lam[lane] = np.float64(rate[r, c])
+            lam[lane] = np.float64(rate[rr, c - coff])
             u[lane] = _uniform(c, k1, k2)
         for lane in range(_LANES):
             p[lane] = math.exp(-lam[lane])
@@ -205,9 +219,10 @@ def _inversion_lanes(
             out[r, cols[base + lane]] = k[lane]
 
 
-@numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _poisson_rows(rate: np.ndarray, seeds: np.ndarray, stream: int, out: np.ndarray) -> None:
-    batch, n = rate.shape
+@_jit
+def _row_keys(seeds: np.ndarray, stream: int) -> np.ndarray:
+    """Keys ``(B, _KEY_SUBS, 2)`` of every row for the precomputed subs."""
+    batch = seeds.shape[0]
     consts = np.empty(_KEY_SUBS, dtype=np.uint64)
     for sub in range(_KEY_SUBS):
         consts[sub] = _stream_const(stream, sub)
@@ -217,21 +232,45 @@ def _poisson_rows(rate: np.ndarray, seeds: np.ndarray, stream: int, out: np.ndar
             k1, k2 = _row_key(seeds[r], consts[sub])
             keys[r, sub, 0] = k1
             keys[r, sub, 1] = k2
+    return keys
+
+
+@_jit
+def _poisson_tile(
+    rate: np.ndarray,
+    rr: int,
+    coff: int,
+    r: int,
+    c0: int,
+    c1: int,
+    keys: np.ndarray,
+    seed: int,
+    stream: int,
+    out: np.ndarray,
+) -> None:
+    """Samples of row ``r``, columns ``c0:c1``, whose rates are ``rate[rr, c - coff]``."""
+    small = np.empty(c1 - c0, dtype=np.int64)
+    n_small = 0
+    for c in range(c0, c1):
+        lam = np.float64(rate[rr, c - coff])
+        if lam < _PTRS_MIN_RATE:
+            small[n_small] = c
+            n_small += 1
+        else:
+            out[r, c] = _ptrs(lam, c, keys, seed, stream)
+    _inversion_lanes(rate, rr, coff, r, small, n_small, keys[0, 0], keys[0, 1], out)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _poisson_rows(rate: np.ndarray, seeds: np.ndarray, stream: int, out: np.ndarray) -> None:
+    batch, n = rate.shape
+    keys = _row_keys(seeds, stream)
     tiles = (n + _TILE - 1) // _TILE
     for t in numba.prange(batch * tiles):
         r = t // tiles
         c0 = (t - r * tiles) * _TILE
         c1 = min(n, c0 + _TILE)
-        small = np.empty(c1 - c0, dtype=np.int64)
-        n_small = 0
-        for c in range(c0, c1):
-            lam = np.float64(rate[r, c])
-            if lam < _PTRS_MIN_RATE:
-                small[n_small] = c
-                n_small += 1
-            else:
-                out[r, c] = _ptrs(lam, c, keys[r], seeds[r], stream)
-        _inversion_lanes(rate, r, small, n_small, keys[r, 0, 0], keys[r, 0, 1], out)
+        _poisson_tile(rate, r, 0, r, c0, c1, keys[r], seeds[r], stream, out)
 
 
 def poisson_rows(rate: np.ndarray, seeds: np.ndarray, stream: int) -> np.ndarray:
@@ -249,6 +288,53 @@ def poisson_rows(rate: np.ndarray, seeds: np.ndarray, stream: int) -> np.ndarray
             out,
         )
     return out
+
+
+_F32_MAX = np.float32(np.finfo(np.float32).max)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _poisson_scaled_rows(
+    x: np.ndarray, scale: np.ndarray, seeds: np.ndarray, stream: int, out: np.ndarray
+) -> bool:
+    batch, n = x.shape
+    keys = _row_keys(seeds, stream)
+    tiles = (n + _TILE - 1) // _TILE
+    bad = np.zeros(batch * tiles, dtype=np.bool_)
+    for t in numba.prange(batch * tiles):
+        r = t // tiles
+        c0 = (t - r * tiles) * _TILE
+        c1 = min(n, c0 + _TILE)
+        s = scale[r]
+        rate = np.empty((1, c1 - c0), dtype=np.float32)
+        for c in range(c0, c1):
+            lam = x[r, c] * s  # float32 product, rounded as torch's ``x * scale``
+            if not (lam >= 0.0 and lam <= _F32_MAX):
+                bad[t] = True
+            rate[0, c - c0] = lam
+        if not bad[t]:
+            _poisson_tile(rate, 0, c0, r, c0, c1, keys[r], seeds[r], stream, out)
+    return bad.any()
+
+
+def poisson_scaled_rows(
+    x: np.ndarray, scale: np.ndarray, seeds: np.ndarray, stream: int
+) -> np.ndarray | None:
+    """:func:`poisson_rows` of the rates ``x * scale[:, None]`` (float32 products of float32
+    ``(B, n)`` values and ``(B,)`` row scales, as ``x * scale`` in torch), formed tile by tile
+    in cache and never stored whole. Returns None, sampling nothing, if a rate is negative or
+    not finite (float32 overflow).
+    """
+    out = np.empty(x.shape, dtype=np.float32)
+    with launch():
+        bad = _poisson_scaled_rows(
+            np.ascontiguousarray(x, dtype=np.float32),
+            np.ascontiguousarray(scale, dtype=np.float32),
+            np.ascontiguousarray(seeds, dtype=np.int64),
+            int(stream),
+            out,
+        )
+    return None if bad else out
 
 
 _U24_STEP = np.float32(2.0**-24)
@@ -276,4 +362,30 @@ def uniform_rows(seeds: np.ndarray, n: int, stream_const: int) -> np.ndarray:
     out = np.empty((seeds.shape[0], n), dtype=np.float32)
     with launch():
         _uniform_rows(np.ascontiguousarray(seeds, dtype=np.int64), int(stream_const) & _M32, out)
+    return out
+
+
+_F32_TWO = np.float32(2.0)
+_F32_ONE = np.float32(1.0)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _erfinv_arg_rows(seeds: np.ndarray, stream_const: int, out: np.ndarray) -> None:
+    batch, n = out.shape
+    for r in numba.prange(batch):
+        k1, k2 = _row_key(seeds[r], stream_const)
+        for c in range(n):
+            bits = _h32(_h32(np.uint64(c) ^ k1) ^ k2)
+            top = np.float32((bits >> np.uint64(8)) & np.uint64(0xFFFFFF))
+            u = min(top * _U24_STEP + _U24_HALF, _U24_MAX)
+            out[r, c] = u * _F32_TWO - _F32_ONE
+
+
+def erfinv_arg_rows(seeds: np.ndarray, n: int, stream_const: int) -> np.ndarray:
+    """``2 u - 1`` in float32 of the :func:`uniform_rows` values ``u``: the argument of
+    ``erfinv`` in ``rng.normal`` (``u.mul_(2.0).sub_(1.0)``; both steps exact here, as
+    there), float32 ``(B, n)``."""
+    out = np.empty((seeds.shape[0], n), dtype=np.float32)
+    with launch():
+        _erfinv_arg_rows(np.ascontiguousarray(seeds, dtype=np.int64), int(stream_const) & _M32, out)
     return out

@@ -33,6 +33,7 @@ use by a vectorised loop could depend on an element's position.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from torch import Tensor
@@ -96,8 +97,11 @@ def poisson(rate: Tensor, seeds: Tensor | int, stream: int, *, backend: str = "a
         raise TypeError(f"rate must be a floating-point tensor. Got {type(rate).__name__}")
     if rate.dim() == 0:
         raise ValueError("rate must have a batch dimension (B, ...). Got a scalar")
-    if not bool(torch.isfinite(rate).all()) or bool((rate < 0).any()):
-        raise ValueError("rate must be finite and >= 0. Got negative or non-finite values")
+    if rate.numel():
+        # One pass for both checks (isfinite and < 0 were ~10% of a call); NaN propagates.
+        lo, hi = (float(v) for v in torch.aminmax(rate))
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo >= 0):
+            raise ValueError("rate must be finite and >= 0. Got negative or non-finite values")
     if backend not in POISSON_BACKENDS:
         raise ValueError(f"backend must be one of {POISSON_BACKENDS}. Got {backend!r}")
     if backend == "compiled" and rate.device.type != "cpu":
