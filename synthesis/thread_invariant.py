@@ -5,8 +5,9 @@ Two things change bits with the thread count, and each has a fix here:
 - oneDNN, which runs torch's convolutions on CPU, picks its kernel and splits its sums by
   the thread count (on AVX2 and on AVX-512 an attack's 3x3 input gradients at 1 thread differ
   from those at 2; training's weight gradients differ from 4 threads on). :func:`model_threads`
-  runs model math (training, prediction, attacks) on exactly :data:`MODEL_THREADS` threads,
-  whatever the process has.
+  runs model math (training, prediction, attacks, the GAN renderer) on exactly
+  :data:`MODEL_THREADS` threads, whatever the process has; :func:`on_model_threads` is the
+  same as a decorator (``train_segmenter``, ``attack_budgets``).
 - A torch reduction with one output (one image's mean, say) is split across the threads, so
   its rounding depends on their number; one with many outputs gives each output to one
   thread. :func:`stable_sum` always takes the second path. :func:`zscore_stable` is the
