@@ -320,7 +320,7 @@ def test_verify_catches_flipped_byte_missing_shard_and_wrong_count(
 def test_verify_catches_a_card_that_lies(small_package: Path, tmp_path: Path):
     pkg = _copy(small_package, tmp_path / "card")
     readme = pkg / "README.md"
-    readme.write_text(readme.read_text().replace("num_examples: 3", "num_examples: 4", 1))
+    readme.write_text(readme.read_text().replace("num_examples: 2", "num_examples: 5", 1))
     assert any("dataset_info" in str(p) for p in verify(pkg, load=False))
     os.remove(readme)
     assert any("missing dataset card" in str(p) for p in verify(pkg, load=False))
