@@ -342,15 +342,22 @@ _U24_HALF = np.float32(2.0**-25)
 _U24_MAX = np.float32(1.0 - 2.0**-24)
 
 
+@_jit
+def _u24(c: int, k1: int, k2: int) -> float:
+    """The ``rng.uniform`` value of column ``c`` of the row with keys ``(k1, k2)``: ``(top 24
+    hash bits) * 2**-24 + 2**-25`` in float32, capped below 1."""
+    bits = _h32(_h32(np.uint64(c) ^ k1) ^ k2)
+    top = np.float32((bits >> np.uint64(8)) & np.uint64(0xFFFFFF))
+    return min(top * _U24_STEP + _U24_HALF, _U24_MAX)
+
+
 @numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _uniform_rows(seeds: np.ndarray, stream_const: int, out: np.ndarray) -> None:
     batch, n = out.shape
     for r in numba.prange(batch):
         k1, k2 = _row_key(seeds[r], stream_const)
         for c in range(n):
-            bits = _h32(_h32(np.uint64(c) ^ k1) ^ k2)
-            top = np.float32((bits >> np.uint64(8)) & np.uint64(0xFFFFFF))
-            out[r, c] = min(top * _U24_STEP + _U24_HALF, _U24_MAX)
+            out[r, c] = _u24(c, k1, k2)
 
 
 def uniform_rows(seeds: np.ndarray, n: int, stream_const: int) -> np.ndarray:
@@ -375,10 +382,7 @@ def _erfinv_arg_rows(seeds: np.ndarray, stream_const: int, out: np.ndarray) -> N
     for r in numba.prange(batch):
         k1, k2 = _row_key(seeds[r], stream_const)
         for c in range(n):
-            bits = _h32(_h32(np.uint64(c) ^ k1) ^ k2)
-            top = np.float32((bits >> np.uint64(8)) & np.uint64(0xFFFFFF))
-            u = min(top * _U24_STEP + _U24_HALF, _U24_MAX)
-            out[r, c] = u * _F32_TWO - _F32_ONE
+            out[r, c] = _u24(c, k1, k2) * _F32_TWO - _F32_ONE
 
 
 def erfinv_arg_rows(seeds: np.ndarray, n: int, stream_const: int) -> np.ndarray:
