@@ -190,12 +190,11 @@ def test_an_output_folder_not_every_rank_sees_is_refused(tmp_path: Path):
 
 
 # --------------------------------------------------------------------------- thread counts
-# Trains the reference U-Net, predicts and attacks at two image sizes and two batch sizes,
-# and prints the sha256 of each result.
+# For each thread count given, sets the process's torch threads, trains the reference U-Net,
+# predicts and attacks at two image sizes and two batch sizes, and prints the sha256 of each
+# result (one line per thread count).
 _THREADS_SCRIPT = r"""
 import hashlib, sys, torch
-torch.set_num_threads(int(sys.argv[1]))
-threads = torch.get_num_threads()
 from builder.assembly.reference import train_reference
 from builder.evaluation.model_loading import predict
 from synthesis.corruptions.attacks import attack_budgets
@@ -209,17 +208,26 @@ def data(n, size, seed):
     mask = torch.rand(n, 1, size, size, generator=g) > 0.7
     return (torch.rand(n, 1, size, size, generator=g) * 900 + 100).round() + 600 * mask, mask
 
-adu, mask = data(6, 96, 0)
-model, _ = train_reference(adu[:4], mask[:4], adu[4:], mask[4:], seed=1, device="cpu", epochs=2)
-out = [h(torch.cat([p.flatten() for p in model.state_dict().values() if p.is_floating_point()]))]
-for size, batch in ((96, 3), (256, 1)):
-    x, m = data(batch, size, size)
-    out.append(h(predict(model, zscore(x))))
-    for method in ("fgsm", "ifgsm", "pgd"):
-        seeds = [torch.arange(batch), torch.arange(batch) + 7]
-        for r in attack_budgets(model, x.int(), m, method=method, budgets=[2, 4], seeds=seeds):
-            out.append(h(r.adu))
-print(threads, torch.backends.cpu.get_cpu_capability(), " ".join(out))
+def hashes():
+    adu, mask = data(6, 96, 0)
+    model, _ = train_reference(
+        adu[:4], mask[:4], adu[4:], mask[4:], seed=1, device="cpu", epochs=2
+    )
+    weights = [p.flatten() for p in model.state_dict().values() if p.is_floating_point()]
+    out = [h(torch.cat(weights))]
+    for size, batch in ((96, 3), (256, 1)):
+        x, m = data(batch, size, size)
+        out.append(h(predict(model, zscore(x))))
+        for method in ("fgsm", "ifgsm", "pgd"):
+            seeds = [torch.arange(batch), torch.arange(batch) + 7]
+            for r in attack_budgets(model, x.int(), m, method=method, budgets=[2, 4], seeds=seeds):
+                out.append(h(r.adu))
+    return out
+
+for n in map(int, sys.argv[1:]):
+    torch.set_num_threads(n)
+    out = hashes()
+    print(torch.get_num_threads(), torch.backends.cpu.get_cpu_capability(), " ".join(out))
 """
 
 # The kernel families other CPUs run, forced on this one: oneDNN capped at AVX2 with ATen's
@@ -236,27 +244,29 @@ _KERNELS = {
 @pytest.mark.slow
 @pytest.mark.parametrize("kernels", list(_KERNELS))
 def test_training_prediction_and_attacks_give_the_same_bits_at_any_thread_count(kernels: str):
-    """Processes of 1, 2 and 4 threads train the same reference weights, predict the same
-    masks and make the same attacked images, at 96 x 96 (batch 3) and 256 x 256 (batch 1),
-    under each family of CPU kernels (docs/definitions.md#determinism)."""
+    """One process set to 1, 2 and 4 threads in turn trains the same reference weights,
+    predicts the same masks and makes the same attacked images, at 96 x 96 (batch 3) and
+    256 x 256 (batch 1), under each family of CPU kernels (docs/definitions.md#determinism)."""
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
     }
     env |= {"OMP_WAIT_POLICY": "PASSIVE", **_KERNELS[kernels]}
+    counts = (1, 2, 4) if kernels == "native" else (1, 4)
+    r = subprocess.run(
+        [sys.executable, "-c", _THREADS_SCRIPT, *map(str, counts)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.strip().splitlines()[-len(counts) :]
     seen = {}
-    for n in (1, 2, 4) if kernels == "native" else (1, 4):
-        r = subprocess.run(
-            [sys.executable, "-c", _THREADS_SCRIPT, str(n)],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert r.returncode == 0, r.stderr[-3000:]
-        threads, capability, hashes = r.stdout.strip().splitlines()[-1].split(" ", 2)
+    for n, line in zip(counts, lines, strict=True):
+        threads, capability, hashes = line.split(" ", 2)
         assert int(threads) == n
         if "ATEN_CPU_CAPABILITY" in _KERNELS[kernels]:
             assert capability.lower() == _KERNELS[kernels]["ATEN_CPU_CAPABILITY"].lower()
