@@ -148,9 +148,43 @@ def per_image_counts(
     for ids, pred, mask in _predictions(
         data, config, split, model, preprocess, device=device, batch_size=batch_size
     ):
-        sums = [t.flatten(1).sum(1).tolist() for t in (pred & mask, pred | mask, pred, mask)]
-        out.update(zip(ids, zip(*sums, strict=True), strict=True))
+        out.update(counts_of(ids, pred, mask))
     return out
+
+
+def tensor_counts(
+    ids: list[str],
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    model: nn.Module,
+    preprocess: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    device: torch.device,
+    batch_size: int = 16,
+) -> dict[str, tuple[int, int, int, int]]:
+    """:func:`per_image_counts` of images held in memory: ``images`` ``(N, 1, H, W)`` (grey
+    levels, as the loader gives them) and ``masks`` (bool or 0/1), one id per row."""
+    if not len(ids) == images.shape[0] == masks.shape[0]:
+        raise ValueError(
+            f"ids, images and masks must have one row each. Got {len(ids)}, "
+            f"{images.shape[0]} and {masks.shape[0]}"
+        )
+    out: dict[str, tuple[int, int, int, int]] = {}
+    for i in range(0, len(ids), batch_size):
+        image = images[i : i + batch_size].to(device).float()
+        mask = masks[i : i + batch_size] != 0
+        pred = predict(model, preprocess(image)).cpu()
+        out.update(counts_of(ids[i : i + batch_size], pred, mask.cpu()))
+    return out
+
+
+def counts_of(
+    ids: list[str], pred: torch.Tensor, mask: torch.Tensor
+) -> dict[str, tuple[int, int, int, int]]:
+    """``id -> (intersection, union, predicted, true)`` pixel counts of bool ``(B, 1, H, W)``
+    predictions and masks."""
+    sums = [t.flatten(1).sum(1).tolist() for t in (pred & mask, pred | mask, pred, mask)]
+    return dict(zip(ids, zip(*sums, strict=True), strict=True))
 
 
 def _family(split: str) -> tuple[str, float]:

@@ -35,6 +35,8 @@ NOISE_CHOICE = 285
 ATTACK_START = 300  #: PGD's uniform random start
 # GAN training (synthesis.models.gan_training)
 GAN_TRAIN_NOISE = 380
+# Renderer ablation (builder.experiments.ablation)
+ABLATION_SNR = 390  #: a row's train SNR drawn from the real tiles' native SNR
 
 #: name -> id of every stream.
 STREAMS: dict[str, int] = {
