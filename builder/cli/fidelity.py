@@ -59,6 +59,14 @@ def add_arguments(
     p.add_argument("--epochs", type=common.counts, default=15, help="U-Net epochs per renderer")
     common.add_seed(p)
     p.add_argument(
+        "--seeds",
+        type=common.counts,
+        default=3,
+        help="train each U-Net this many times, with the training seeds SEED, SEED+1, ... "
+        "(the packages are built once with --seed); scores are mean ± sd over them. A rerun "
+        "with more seeds reuses the models that exist",
+    )
+    p.add_argument(
         "--real-model",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -85,6 +93,7 @@ def options(args: argparse.Namespace) -> FidelityOptions:
         test=args.test,
         epochs=args.epochs,
         seed=args.seed,
+        seeds=args.seeds,
         real_model=args.real_model,
         device=args.device,
         overwrite=args.overwrite,

@@ -3,25 +3,32 @@ degraded the same way? (docs/definitions.md#fidelity)
 
 For each renderer (``physics``, ``naive``, and ``gan`` when weights are given):
 
-1. build a package of one config from the real masks of a source with that renderer: the
-   reference splits, ``snr_*``, ``sib_*``, ``svb_*``, and the real-image splits ``real``,
-   ``real_snr_*``, ``real_sib_*``, ``real_svb_*`` (the source's test tiles, never trained on);
+1. build a package of one config from the real masks of a source with that renderer (once,
+   with ``seed``): the reference splits, ``snr_*``, ``sib_*``, ``svb_*``, and the real-image
+   splits ``real``, ``real_snr_*``, ``real_sib_*``, ``real_svb_*`` (the source's test tiles,
+   never trained on);
 2. train the reference U-Net on that renderer's ``train`` split (``validation`` picks the
-   epoch);
-3. score it, image by image, on its own synthetic splits and on the same real splits;
+   epoch) ``seeds`` times, with the training seeds ``seed, seed + 1, ..., seed + seeds - 1``;
+3. score each of them, image by image, on its own synthetic splits and on the same real
+   splits;
 4. robustness per level = 100 x IoU(level) / IoU(reference condition), always on the same
    tiles: synthetic splits against ``test`` (SNR 8); ``real_snr_K`` against ``real_snr_8``
    on the tiles both keep; ``real_sib_L`` / ``real_svb_L`` against ``real`` (they keep the
    native noise);
-5. the gap per family = mean over levels of |robustness_synthetic - robustness_real|.
+5. the gap per family = mean over levels of |robustness_synthetic - robustness_real|;
+6. over the training seeds: the mean and the sample sd of every score
+   (:func:`aggregate_seeds`), and, per pair of renderers, whether their real-image IoUs at
+   native noise differ by more than the spread (:func:`differs`).
 
 Also: each model's IoU on the real tiles at native noise and at the reference SNR (does
 training on this renderer transfer?), the same U-Net trained on the real ``train`` tiles
-(the upper bound), the native-SNR histogram of the real tiles and the residual noise of the
-real blur splits.
+with the same training seeds (the upper bound), the native-SNR histogram of the real tiles
+and the residual noise of the real blur splits.
 
-Everything is resumable: packages resume as any build, and each model is saved under a name
-that hashes its settings, so a rerun with the same settings reuses it.
+Everything is resumable, in one process: packages resume as any build; each model is saved
+under a name that hashes its settings and its training seed, and its scores beside it
+(``models/<model stem>.scores.json``, valid only for that model file and that package), so a
+rerun, or a run with more seeds, trains and scores only the models that do not exist yet.
 """
 
 from __future__ import annotations
@@ -29,8 +36,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import combinations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,12 +48,12 @@ from builder.assembly import BuildOptions, build
 from builder.assembly.options import RENDERERS
 from builder.assembly.reference import fit_reference, read_split
 from builder.evaluation.scoring import per_image_counts
-from builder.package.card import number_cell
+from builder.package.card import number_cell, spread_cell
 from synthesis.metrics import iou_of_counts
 from synthesis.normalize import zscore
 from synthesis.runtime.device import resolve_device
 from synthesis.runtime.errors import InputError, RefusedError
-from synthesis.runtime.files import atomic_write_bytes, temporary_name
+from synthesis.runtime.files import atomic_write_bytes, sha256_file, temporary_name
 from synthesis.runtime.progress import ProgressFactory, no_progress
 
 if TYPE_CHECKING:
@@ -54,8 +64,11 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "FAMILIES",
     "FidelityOptions",
+    "aggregate_seeds",
+    "differs",
     "fidelity",
     "fidelity_markdown",
+    "mean_sd",
     "write_fidelity_reports",
 ]
 
@@ -76,7 +89,9 @@ Counts = dict[str, tuple[int, int, int, int]]
 @dataclass(frozen=True)
 class FidelityOptions:
     """One fidelity run. ``work`` holds the packages (``packages/<renderer>``), the models
-    (``models/``) and the reports."""
+    and their scores (``models/``) and the reports. ``seed`` builds the packages and is the
+    first training seed; each U-Net is trained ``seeds`` times (training seeds ``seed`` to
+    ``seed + seeds - 1``)."""
 
     source: str
     work: Path
@@ -88,12 +103,14 @@ class FidelityOptions:
     test: int = 1000
     epochs: int = 15
     seed: int = 0
+    seeds: int = 3
     real_model: bool = True
     device: str | None = None
     overwrite: bool = False
 
     def validate(self) -> None:
-        """Raises :class:`InputError` for a source that does not exist or unknown renderers."""
+        """Raises :class:`InputError` for a source that does not exist, unknown renderers or
+        fewer than one training seed."""
         if self.source == "procedural":
             raise InputError(
                 "fidelity needs a source with real images (a folder, pair lists or BBBC038), "
@@ -106,10 +123,18 @@ class FidelityOptions:
             raise InputError(f"renderers must be among {', '.join(RENDERERS)}. Got {unknown}")
         if self.weights is not None and not Path(self.weights).is_dir():
             raise InputError(f"{self.weights}: GAN weights must be a folder")
+        if self.seeds < 1:
+            raise InputError(f"seeds must be at least 1. Got {self.seeds}")
+
+    def training_seeds(self) -> list[int]:
+        """The training seeds of every U-Net: ``seed, seed + 1, ..., seed + seeds - 1``."""
+        return list(range(self.seed, self.seed + self.seeds))
 
     def recipe(self) -> dict[str, Any]:
         """What the results depend on; a rerun in the same ``work`` with another recipe is
-        refused unless ``overwrite``."""
+        refused unless ``overwrite``. ``seeds`` is left out: each model's file name hashes
+        its own training seed, so a run with more (or fewer) seeds reuses every model and
+        score that exists and adds the missing ones."""
         return {
             "config": self.config,
             "source": str(Path(self.source).resolve()),
@@ -127,8 +152,12 @@ class FidelityOptions:
 def fidelity(opts: FidelityOptions, *, progress: ProgressFactory | None = None) -> dict[str, Any]:
     """Run the fidelity comparison; return the results (see :func:`write_fidelity_reports`).
 
+    One process: the (renderer, training seed) units run one after the other; each one whose
+    model and scores exist is read back, not redone.
+
     Raises:
         InputError: bad options (nothing is written).
+        RefusedError: ``work`` holds the results of other settings (and not ``overwrite``).
     """
     opts.validate()
     device = resolve_device(opts.device)
@@ -143,11 +172,13 @@ def fidelity(opts: FidelityOptions, *, progress: ProgressFactory | None = None) 
                 f"{earlier} holds the results of other settings; use another folder or pass "
                 "--overwrite"
             )
+    seeds = opts.training_seeds()
     results: dict[str, Any] = {
         "config": opts.config,
         "source": str(opts.source),
         "recipe": opts.recipe(),
         "device": str(device),
+        "seeds": seeds,
         "renderers": {},
         "skipped": {},
     }
@@ -158,40 +189,120 @@ def fidelity(opts: FidelityOptions, *, progress: ProgressFactory | None = None) 
             logger.info("fidelity: gan skipped (no weights)")
             continue
         pkg = _build_package(opts, renderer, progress)
-        model, val_iou = _trained(
-            opts,
-            renderer,
-            lambda split, pkg=pkg: read_split(str(pkg), opts.config, split),
-            device,
-            progress,
-        )
-        res = score(pkg, opts.config, model, device=device, progress=progress)
-        res["val_iou"] = val_iou
-        results["renderers"][renderer] = res
+
+        def data(split: str, pkg: Path = pkg) -> tuple[torch.Tensor, torch.Tensor]:
+            return read_split(str(pkg), opts.config, split)
+
+        per_seed = {str(s): _unit(opts, renderer, s, pkg, data, device, progress) for s in seeds}
+        results["renderers"][renderer] = {
+            "seeds": per_seed,
+            "aggregate": aggregate_seeds(list(per_seed.values())),
+        }
         if first_pkg is None:
             first_pkg = pkg
-            results["residual_noise"] = residual_noise(pkg, opts.config)
-            results["native_snr"] = res.pop("native_snr")
-        else:
-            res.pop("native_snr")
+            results["residual_noise"] = _residual_noise(opts, pkg)
+            manifest = json.loads((pkg / "manifest.json").read_text())
+            results["native_snr"] = manifest["configs"][opts.config].get("native_snr")
         logger.info(
-            "fidelity: %s gaps %s", renderer, {f: v["gap"] for f, v in res["families"].items()}
+            "fidelity: %s gaps (mean over %d seeds) %s",
+            renderer,
+            len(seeds),
+            {
+                f: v["gap"]["mean"]
+                for f, v in results["renderers"][renderer]["aggregate"]["families"].items()
+            },
         )
     if opts.real_model and first_pkg is not None:
-        model, val_iou = _trained(opts, "real", _real_tiles(opts), device, progress)
-        counts = {
-            s: per_image_counts(
-                str(first_pkg), opts.config, s, model, zscore, device=device, batch_size=16
-            )
-            for s in ("real", "real_snr_8")
+        real_data = _real_tiles(opts)
+        per_seed = {
+            str(s): _unit(opts, "real", s, first_pkg, real_data, device, progress) for s in seeds
         }
         results["trained_on_real"] = {
-            "val_iou": val_iou,
-            "iou_real": iou(counts["real"]),
-            "iou_real_snr_8": iou(counts["real_snr_8"]),
-            "splits": {s: split_scores(c) for s, c in counts.items()},
+            "seeds": per_seed,
+            "aggregate": aggregate_seeds(list(per_seed.values())),
         }
     return results
+
+
+def mean_sd(values: list[float | None]) -> dict[str, Any]:
+    """``{"mean", "sd", "n"}`` of the finite values among ``values`` (None and NaN are left
+    out): the mean, the sample sd (ddof = 1; None below 2 values) and how many there were.
+
+    Example:
+        >>> mean_sd([2, None, 4, float("nan"), 6])
+        {'mean': 4.0, 'sd': 2.0, 'n': 3}
+        >>> mean_sd([0.5])
+        {'mean': 0.5, 'sd': None, 'n': 1}
+    """
+    xs = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    return {
+        "mean": statistics.fmean(xs) if xs else None,
+        "sd": statistics.stdev(xs) if len(xs) >= 2 else None,
+        "n": len(xs),
+    }
+
+
+def aggregate_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and sample sd (:func:`mean_sd`) over the per-seed results of one renderer (or of
+    the real-trained U-Net) of: ``iou_test``, ``iou_real``, ``iou_real_snr_8``, ``val_iou``;
+    per family, the gap and the synthetic and real robustness per level (a level none of the
+    seeds defines is left out); per split, the IoU, precision and recall. A key none of the
+    results has is left out.
+
+    Args:
+        per_seed: one :func:`score` result (with ``val_iou``) per training seed; level keys
+            may be ints or strings (as read back from JSON).
+
+    Returns:
+        ``{"n": seeds, "iou_test": {"mean", "sd", "n"}, ..., "families": {family: {"gap":
+        stat, "synthetic": {level: stat}, "real": {level: stat}}}, "splits": {split:
+        {"iou": stat, "precision": stat, "recall": stat}}}``, levels as ints.
+    """
+    out: dict[str, Any] = {"n": len(per_seed)}
+    for key in ("iou_test", "iou_real", "iou_real_snr_8", "val_iou"):
+        if any(key in r for r in per_seed):
+            out[key] = mean_sd([r.get(key) for r in per_seed])
+    if any("families" in r for r in per_seed):
+        families: dict[str, Any] = {}
+        for family, levels in FAMILIES.items():
+            data = [r["families"][family] for r in per_seed if family in r.get("families", {})]
+            fam: dict[str, Any] = {"gap": mean_sd([d["gap"] for d in data])}
+            for kind in ("synthetic", "real"):
+                fam[kind] = {
+                    lv: mean_sd([_at(d[kind], lv) for d in data])
+                    for lv in levels
+                    if any(_at(d[kind], lv) is not None for d in data)
+                }
+            families[family] = fam
+        out["families"] = families
+    if any("splits" in r for r in per_seed):
+        names = list(dict.fromkeys(s for r in per_seed for s in r.get("splits", {})))
+        out["splits"] = {
+            s: {
+                k: mean_sd([r["splits"][s][k] for r in per_seed if s in r.get("splits", {})])
+                for k in ("iou", "precision", "recall")
+            }
+            for s in names
+        }
+    return out
+
+
+def differs(
+    a_mean: float | None, a_sd: float | None, b_mean: float | None, b_sd: float | None
+) -> bool | None:
+    """Whether two means over seeds differ by more than their spread:
+    ``|a_mean - b_mean| > a_sd + b_sd`` (docs/definitions.md#fidelity). None when either
+    mean or either sd is None (one seed has no spread).
+
+    Example:
+        >>> differs(0.787, 0.063, 0.60, 0.05), differs(0.787, 0.063, 0.75, 0.05)
+        (True, False)
+        >>> differs(0.787, None, 0.60, 0.05) is None
+        True
+    """
+    if a_mean is None or b_mean is None or a_sd is None or b_sd is None:
+        return None
+    return abs(a_mean - b_mean) > a_sd + b_sd
 
 
 def iou(counts: Counts, ids: list[str] | None = None) -> float:
@@ -318,59 +429,96 @@ def write_fidelity_reports(out: Path, results: dict[str, Any]) -> list[Path]:
 
 
 def fidelity_markdown(results: dict[str, Any]) -> str:
-    """The gap table, the curves and the real tiles' native SNR, as Markdown."""
-    real = results.get("trained_on_real")
+    """The gap table, the curves and the real tiles' native SNR, as Markdown: every score is
+    ``mean ± sd`` over the training seeds, and each pair of renderers says whether their
+    real-image IoUs at native noise differ by more than the spread (:func:`differs`)."""
+    real = (results.get("trained_on_real") or {}).get("aggregate")
+    renderers = {name: r["aggregate"] for name, r in results["renderers"].items()}
+    seeds = results.get("seeds") or []
     lines = [
         f"# Fidelity: {results['config']} from `{results['source']}`",
         "",
         "Robustness = 100 x IoU / IoU at the reference condition, on the same tiles; gap = mean "
         "over levels of |synthetic - real| (docs/definitions.md#fidelity).",
         "",
+        f"Each U-Net trained {len(seeds)} time(s), training seeds "
+        f"{', '.join(map(str, seeds)) or '—'} (packages built with seed "
+        f"{results['recipe']['seed']}); "
+        + (
+            "a cell is the mean ± the sample sd over the seeds."
+            if len(seeds) > 1
+            else "one seed: no spread."
+        ),
+        "",
         "| trained on | IoU test (own renderer) | IoU real, native noise | IoU real, SNR 8 "
         "| x real-trained (SNR 8) | gap SNR | gap SIB | gap SVB |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, res in results["renderers"].items():
-        rel = (
-            f"{res['iou_real_snr_8'] / real['iou_real_snr_8']:.2f}"
-            if real and res["iou_real_snr_8"] and real["iou_real_snr_8"]
-            else "—"
-        )
-        cells = [number_cell(res["families"][f]["gap"], 1) for f in FAMILIES]
+    for name, agg in renderers.items():
+        mine, theirs = _mean(agg, "iou_real_snr_8"), real and _mean(real, "iou_real_snr_8")
+        rel = f"{mine / theirs:.2f}" if mine and theirs else "—"
+        cells = [_spread(agg["families"][f]["gap"], 1) for f in FAMILIES]
         lines.append(
-            f"| {name} | {number_cell(res['iou_test'])} | {number_cell(res['iou_real'])} "
-            f"| {number_cell(res['iou_real_snr_8'])} | {rel} | " + " | ".join(cells) + " |"
+            f"| {name} | {_spread(agg.get('iou_test'))} | {_spread(agg.get('iou_real'))} "
+            f"| {_spread(agg.get('iou_real_snr_8'))} | {rel} | " + " | ".join(cells) + " |"
         )
     if real:
         lines.append(
-            f"| real train tiles | — | {number_cell(real['iou_real'])} | {number_cell(real['iou_real_snr_8'])} "
-            "| 1.00 | — | — | — |"
+            f"| real train tiles | — | {_spread(real.get('iou_real'))} "
+            f"| {_spread(real.get('iou_real_snr_8'))} | 1.00 | — | — | — |"
         )
     for name, why in results.get("skipped", {}).items():
         lines += ["", f"{name}: skipped ({why})."]
-    lines += ["", "| renderer | family | levels | synthetic | real |", "|---|---|---|---|---|"]
-    for name, res in results["renderers"].items():
-        for family, data in res["families"].items():
+    if len(renderers) > 1:
+        lines += [
+            "",
+            "IoU on the real tiles at native noise, renderer against renderer; a difference "
+            "exceeds the spread when |mean_a - mean_b| > sd_a + sd_b:",
+            "",
+        ]
+        for a, b in combinations(renderers, 2):
+            sa, sb = renderers[a].get("iou_real") or {}, renderers[b].get("iou_real") or {}
+            verdict = differs(sa.get("mean"), sa.get("sd"), sb.get("mean"), sb.get("sd"))
+            if verdict is None:
+                said = "undecided (no spread: one seed, or a score missing)"
+            else:
+                diff = abs(sa["mean"] - sb["mean"])
+                said = (
+                    f"difference {diff:.3f} "
+                    f"{'exceeds' if verdict else 'does not exceed'} the spread "
+                    f"{sa['sd'] + sb['sd']:.3f}"
+                )
+            lines.append(f"- {a} {_spread(sa)} vs {b} {_spread(sb)}: {said}.")
+    lines += [
+        "",
+        "| renderer | family | levels | synthetic | real |",
+        "|---|---|---|---|---|",
+    ]
+    for name, agg in renderers.items():
+        for family, data in agg["families"].items():
             lv = FAMILIES[family]
             lines.append(
                 f"| {name} | {family} | {' '.join(map(str, lv))} "
-                f"| {' '.join(number_cell(_at(data['synthetic'], x), 0) for x in lv)} "
-                f"| {' '.join(number_cell(_at(data['real'], x), 0) for x in lv)} |"
+                f"| {', '.join(_spread(_at(data['synthetic'], x), 0) for x in lv)} "
+                f"| {', '.join(_spread(_at(data['real'], x), 0) for x in lv)} |"
             )
     shown = ("test", "snr_3", "snr_2", "real_snr_8", "real_snr_3", "real_snr_2", "real")
-    if results["renderers"]:
+    if renderers:
         lines += [
             "",
-            "Precision / recall (aggregate over pixels) at the reference conditions and under "
-            "noise:",
+            "Precision / recall (aggregate over pixels, mean over the seeds) at the reference "
+            "conditions and under noise:",
             "",
             "| renderer | " + " | ".join(f"`{s}`" for s in shown) + " |",
             "|---|" + "---:|" * len(shown),
         ]
-        for name, res in results["renderers"].items():
-            sp = res["splits"]
+        for name, agg in renderers.items():
+            sp = agg.get("splits", {})
             cells = [
-                f"{sp[s]['precision']:.2f} / {sp[s]['recall']:.2f}" if s in sp else "—"
+                f"{number_cell(sp[s]['precision']['mean'], 2)} / "
+                f"{number_cell(sp[s]['recall']['mean'], 2)}"
+                if s in sp
+                else "—"
                 for s in shown
             ]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -389,7 +537,7 @@ def fidelity_markdown(results: dict[str, Any]) -> str:
 
 def plot_curves(results: dict[str, Any], path: Path) -> None:
     """Synthetic and real robustness against level, one row per renderer, one column per
-    family."""
+    family: the mean over the training seeds, with an error bar of the sample sd."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -399,15 +547,25 @@ def plot_curves(results: dict[str, Any], path: Path) -> None:
     rows = max(len(renderers), 1)
     fig, axes = plt.subplots(rows, 3, figsize=(11, 3.2 * rows), squeeze=False)
     for row, name in zip(axes, renderers, strict=False):
-        fams = results["renderers"][name]["families"]
+        fams = results["renderers"][name]["aggregate"]["families"]
         for ax, (family, data) in zip(row, fams.items(), strict=True):
             for kind, style in (("synthetic", "o-"), ("real", "s--")):
-                pts = sorted((int(k), v) for k, v in data[kind].items())
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=kind)
+                pts = sorted((int(k), v) for k, v in data[kind].items() if v["mean"] is not None)
+                ax.errorbar(
+                    [p[0] for p in pts],
+                    [p[1]["mean"] for p in pts],
+                    yerr=[p[1]["sd"] or 0.0 for p in pts],
+                    fmt=style,
+                    capsize=3,
+                    label=kind,
+                )
             if family == "snr":
                 ax.invert_xaxis()  # severity grows to the right
             gap = data["gap"]
-            ax.set_title(f"{name}: {family}" + (f" (gap {gap:.1f})" if gap is not None else ""))
+            title = f"{name}: {family}"
+            if gap["mean"] is not None:
+                title += f" (gap {_spread(gap, 1)})"
+            ax.set_title(title)
             ax.set_xlabel("SNR" if family == "snr" else "blur level")
             ax.set_ylabel("robustness")
             ax.set_ylim(0, 110)
@@ -444,9 +602,10 @@ def _build_package(opts: FidelityOptions, renderer: str, progress: ProgressFacto
     return out
 
 
-def _model_path(opts: FidelityOptions, trained_on: str) -> Path:
-    """Where the U-Net trained on ``trained_on`` lives: the name hashes every setting that
-    changes it, so a rerun reuses it and other settings never collide with it."""
+def _model_path(opts: FidelityOptions, trained_on: str, seed: int) -> Path:
+    """Where the U-Net trained on ``trained_on`` with training seed ``seed`` lives: the name
+    hashes every setting that changes it, so a rerun reuses it and other settings never
+    collide with it."""
     recipe: dict[str, Any] = {
         "config": opts.config,
         "source": str(Path(opts.source).resolve()),
@@ -454,7 +613,7 @@ def _model_path(opts: FidelityOptions, trained_on: str) -> Path:
         "train": opts.train,
         "validation": opts.validation,
         "epochs": opts.epochs,
-        "seed": opts.seed,
+        "seed": seed,
     }
     if trained_on != "real":  # the package's train split: its manifest fixes its bytes
         manifest = opts.work / "packages" / trained_on / "manifest.json"
@@ -468,19 +627,116 @@ def _model_path(opts: FidelityOptions, trained_on: str) -> Path:
     return opts.work / "models" / f"{opts.config}-{trained_on}-unet-{key}.safetensors"
 
 
+def _scores_path(model: Path) -> Path:
+    """The scores of a model, beside it: ``<model stem>.scores.json``."""
+    return model.with_name(f"{model.stem}.scores.json")
+
+
+def _package_key(pkg: Path, config: str) -> str:
+    """A digest of the shards of every split of ``config`` in ``pkg`` (an alias by the split
+    it stands for): scores made on another build of the package never match it."""
+    splits = json.loads((pkg / "manifest.json").read_text())["configs"][config]["splits"]
+    shards = {
+        name: split["alias_of"] if split.get("alias_of") else [s["sha256"] for s in split["shards"]]
+        for name, split in splits.items()
+    }
+    return hashlib.sha256(json.dumps(shards, sort_keys=True).encode()).hexdigest()
+
+
+def _unit(
+    opts: FidelityOptions,
+    trained_on: str,
+    seed: int,
+    pkg: Path,
+    data: Callable[[str], tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    progress: ProgressFactory | None,
+) -> dict[str, Any]:
+    """The scores (with ``val_iou``) of the U-Net trained on ``trained_on`` with training seed
+    ``seed``: read from its scores file when that file was written for this model file (its
+    sha256) and this package; otherwise the model is trained (or loaded), scored on ``pkg``
+    (:func:`score`, or the real splits only for the real-trained U-Net) and the scores file
+    written. The result is the one read back from JSON either way (level keys as strings)."""
+    path = _model_path(opts, trained_on, seed)
+    cache = _scores_path(path)
+    package = _package_key(pkg, opts.config)
+    if path.exists() and cache.exists():
+        try:
+            stored = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            stored = {}
+        if stored.get("package") == package and stored.get("model_sha256") == sha256_file(path):
+            logger.info("fidelity: reusing the scores of %s", path.name)
+            return stored["result"]
+        logger.info("fidelity: %s is stale; scoring again", cache.name)
+    model, val_iou = _trained(opts, trained_on, seed, data, device, progress)
+    if trained_on == "real":
+        res = _score_real(pkg, opts.config, model, device)
+    else:
+        res = score(pkg, opts.config, model, device=device, progress=progress)
+        res.pop("native_snr", None)  # the package's, not the model's: reported once
+    res["val_iou"] = val_iou
+    res = json.loads(json.dumps(res))
+    record = {
+        "model": path.name,
+        "model_sha256": sha256_file(path),
+        "package": package,
+        "trained_on": trained_on,
+        "seed": seed,
+        "result": res,
+    }
+    atomic_write_bytes(cache, (json.dumps(record, indent=2) + "\n").encode())
+    return res
+
+
+def _score_real(
+    pkg: Path, config: str, model: torch.nn.Module, device: torch.device
+) -> dict[str, Any]:
+    """The real-trained U-Net's scores on the real tiles of ``pkg``: at native noise
+    (``real``) and at the reference SNR (``real_snr_8``)."""
+    counts = {
+        s: per_image_counts(str(pkg), config, s, model, zscore, device=device, batch_size=16)
+        for s in ("real", "real_snr_8")
+    }
+    return {
+        "iou_real": iou(counts["real"]),
+        "iou_real_snr_8": iou(counts["real_snr_8"]),
+        "splits": {s: split_scores(c) for s, c in counts.items()},
+    }
+
+
+def _residual_noise(opts: FidelityOptions, pkg: Path) -> dict[str, float]:
+    """:func:`residual_noise` of ``pkg``, kept in ``residual_noise.json`` of ``work`` and
+    read back while the package is the same build."""
+    path = opts.work / "residual_noise.json"
+    package = _package_key(pkg, opts.config)
+    if path.exists():
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError):
+            stored = {}
+        if stored.get("package") == package:
+            return stored["result"]
+    res = residual_noise(pkg, opts.config)
+    record = {"package": package, "renderer": pkg.name, "result": res}
+    atomic_write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())
+    return res
+
+
 def _trained(
     opts: FidelityOptions,
     trained_on: str,
+    seed: int,
     data: Callable[[str], tuple[torch.Tensor, torch.Tensor]],
     device: torch.device,
     progress: ProgressFactory | None,
 ) -> tuple[torch.nn.Module, float]:
-    """The U-Net trained on ``data("train")`` (checkpointed on ``data("validation")``), from
-    its file when an earlier run with the same settings made it. Returns ``(model in eval
-    mode, validation IoU)``."""
+    """The U-Net trained on ``data("train")`` with training seed ``seed`` (checkpointed on
+    ``data("validation")``), from its file when an earlier run with the same settings made
+    it. Returns ``(model in eval mode, validation IoU)``."""
     from synthesis.models.unet import load_model
 
-    path = _model_path(opts, trained_on)
+    path = _model_path(opts, trained_on, seed)
     if path.exists():
         model, meta = load_model(path, device=device)
         logger.info("fidelity: reusing %s", path)
@@ -491,11 +747,11 @@ def _trained(
         *data("validation"),
         path=path,
         config=opts.config,
-        seed=opts.seed,
+        seed=seed,
         device=device,
         epochs=opts.epochs,
         progress=progress,
-        extra={"seed": opts.seed, "trained_on": trained_on},
+        extra={"seed": seed, "trained_on": trained_on},
     )
     return model.eval(), float(saved["val_iou"])
 
@@ -530,6 +786,16 @@ def _robustness(split: Counts, reference: Counts, ids: list[str]) -> float | Non
     return robustness(iou(split, ids), ref) if ids and ref > 0 else None
 
 
-def _at(curve: dict[Any, float], level: int) -> float | None:
+def _at(curve: dict[Any, Any], level: int) -> Any:
     """A curve's value at ``level`` (keys are ints, or strings once read back from JSON)."""
     return curve.get(level, curve.get(str(level)))
+
+
+def _spread(stat: dict[str, Any] | None, digits: int = 3) -> str:
+    """:func:`spread_cell` of a :func:`mean_sd` record ("—" for None)."""
+    return "—" if stat is None else spread_cell(stat.get("mean"), stat.get("sd"), digits)
+
+
+def _mean(agg: dict[str, Any], key: str) -> float | None:
+    """The mean of ``agg[key]`` (a :func:`mean_sd` record), None where there is none."""
+    return (agg.get(key) or {}).get("mean")

@@ -357,6 +357,22 @@ def number_cell(value: Any, digits: int = 3) -> str:
     return "—"
 
 
+def spread_cell(mean: Any, sd: Any, digits: int = 3) -> str:
+    """A table cell for a mean over seeds: ``mean ± sd`` with ``digits`` decimals each; the
+    mean alone when there is no sd (one seed); "—" when there is no mean. Numbers are
+    formatted as :func:`number_cell` does.
+
+    Example:
+        >>> spread_cell(0.787, 0.0633), spread_cell(12.34, None, 1), spread_cell(None, 0.1)
+        ('0.787 ± 0.063', '12.3', '—')
+    """
+    cell = number_cell(mean, digits)
+    spread = number_cell(sd, digits)
+    if cell == "—" or spread == "—":
+        return cell
+    return f"{cell} ± {spread}"
+
+
 def results_path(out: Path, config: str) -> Path:
     return out / "results" / f"{config}.json"
 
