@@ -1,5 +1,6 @@
-"""Renderer fit: the physics renderer's background and haze ranges for nuclei, fitted by code
-to the BBBC038 *train* tiles (:mod:`synthesis.render.fit`, docs/definitions.md#renderer-fit).
+"""Renderer fit: the physics renderer's background and haze ranges for nuclei, and the SNR
+range of the train split, fitted by code to the BBBC038 *train* tiles
+(:mod:`synthesis.render.fit`, docs/definitions.md#renderer-fit).
 
 Prints every candidate's distance to the real statistics, the winner, the shipped settings'
 distance, and the quantiles of each statistic for real tiles and for renders, with the
@@ -17,7 +18,8 @@ from pathlib import Path
 import _common
 
 from synthesis.groundtruth.sources import open_source, stack_items
-from synthesis.render.fit import GRID, fit_background
+from synthesis.levels import TRAIN_SNR
+from synthesis.render.fit import GRID, fit_background, fit_train_snr
 from synthesis.render.physics import RENDER_SETTINGS
 
 
@@ -39,6 +41,7 @@ def main() -> int:
     x, m, inst = stack_items(items)
     t0 = time.perf_counter()
     fit = fit_background(x, m, instances=inst, seed=args.seed)
+    snr_range, native = fit_train_snr(x, m)
     shipped = RENDER_SETTINGS["nucleus"]
     shipped_key = {k: getattr(shipped, k) for k in GRID}
     result = {
@@ -53,6 +56,11 @@ def main() -> int:
         "table": [[r, d] for r, d in fit.table],
         "real": fit.real,
         "rendered": fit.rendered,
+        "train_snr_fitted": list(snr_range),
+        "train_snr_shipped": list(TRAIN_SNR["nucleus"]),
+        "native_snr_quantiles": {
+            str(q): float(native.quantile(q)) for q in (0.05, 0.25, 0.5, 0.75, 0.95)
+        },
     }
     _common.emit(result, args.json, report)
     return 0
@@ -69,6 +77,12 @@ def report(r: dict) -> None:
         real = " ".join(f"{v:.3f}" for v in r["real"][name])
         rend = " ".join(f"{v:.3f}" for v in r["rendered"][name])
         print(f"  {name:7s} real {real} | rendered {rend}  (quantiles 5 25 50 75 95 %)")
+    print(
+        f"train SNR range: fitted {r['train_snr_fitted']}, shipped {r['train_snr_shipped']} "
+        f"(native SNR of the train tiles, quantiles 5 25 50 75 95 %: "
+        + " ".join(f"{v:.1f}" for v in r["native_snr_quantiles"].values())
+        + ")"
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ from builder.cli import main
 from builder.package.manifest import build_lock
 from builder.package.plan import CORRUPTIONS, all_splits
 from builder.package.verify import verify
+from synthesis.levels import TRAIN_SNR, Camera
 from tests.conftest import ROOT, SMALL
 
 CONFIGS = ("er", "mito", "nucleus")
@@ -61,6 +63,15 @@ def _check_rows(rows: list[dict], config: str, split: str) -> None:
         else:
             assert p["snr_target"] > 0 and p["snr_measured"] > 0 and p["k_e_per_unit"] > 0
             assert p["e_per_adu"] > 0 and p["read_noise_e"] >= 0 and p["psf"]["kind"]
+            # train and validation rows draw their SNR in the config's range; the row's level
+            # is its SNR, and its gain the camera's at that SNR (docs/definitions.md)
+            lo, hi = TRAIN_SNR[config] if split in ("train", "validation") else (8.0, 8.0)
+            if corruption == "snr":
+                lo, hi = (r["level"], r["level"]) if split.startswith("snr_") else (lo, hi)
+                assert lo - 1e-4 <= p["snr_target"] <= hi + 1e-4, (split, p["snr_target"])
+                assert r["level"] == pytest.approx(p["snr_target"], rel=1e-6)
+                gain = Camera().for_snr(p["snr_target"]).e_per_adu
+                assert p["e_per_adu"] == pytest.approx(gain, rel=1e-6)
         if corruption in ("fgsm", "ifgsm", "pgd"):
             a = p["attack"]
             assert a["method"] == corruption and len(a["model_sha256"]) == 64
@@ -92,6 +103,37 @@ def test_every_split_loads_streaming_and_not(small_package: Path, config: str, t
         if split not in ("train", "validation"):
             assert ids[split] == ids["test"], split
     assert not set(ids["train"]) & set(ids["test"])
+
+
+def test_train_snr_is_log_uniform_in_the_config_range_and_fixed_by_the_id(tmp_path: Path):
+    """Over 4000 ids, log(SNR / low) / log(high / low) of the nucleus train rows is uniform
+    on [0, 1] (Kolmogorov-Smirnov, p > 0.001); the draw depends on the id alone; configs
+    whose range is one SNR give exactly that SNR; test rows keep the reference SNR."""
+    import torch
+    from scipy import stats
+
+    from builder.assembly.images import ConfigImages
+    from builder.assembly.options import BuildOptions
+    from builder.package.plan import SplitSpec
+
+    ids = [f"id{i}" for i in range(4000)]
+    opts = BuildOptions(out=tmp_path / "unused", configs=["nucleus", "er"], seed=3, device="cpu")
+    nucleus = ConfigImages(opts, "nucleus", torch.device("cpu"))
+    train = SplitSpec("train", "reference", "snr", 8.0, "train")
+    snr = nucleus._target_snr(train, ids).double()
+    lo, hi = TRAIN_SNR["nucleus"]
+    assert lo < hi and bool(((snr >= lo) & (snr <= hi * (1 + 1e-6))).all())
+    u = (torch.log(snr / lo) / math.log(hi / lo)).numpy()
+    assert stats.kstest(u, "uniform").pvalue > 0.001
+    assert torch.equal(
+        nucleus._target_snr(train, ids[10:20]), nucleus._target_snr(train, ids)[10:20]
+    )
+    val = SplitSpec("validation", "reference", "snr", 8.0, "validation")
+    assert torch.equal(nucleus._target_snr(val, ids[:5]), snr[:5].float())
+    test = SplitSpec("test", "reference", "snr", 8.0, "test")
+    assert nucleus._target_snr(test, ids[:5]) == 8.0
+    er = ConfigImages(opts, "er", torch.device("cpu"))
+    assert er._target_snr(train, ids[:5]) == TRAIN_SNR["er"][0] == 8.0
 
 
 def test_snr_8_shares_the_files_of_test(small_package: Path):

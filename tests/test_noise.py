@@ -172,6 +172,37 @@ def test_batch_equals_per_item_loop_and_replays_from_params():
     assert not torch.equal(other.adu, res.adu)
 
 
+def test_camera_images_scale_the_gain_above_the_reference_and_keep_rows_independent():
+    """Rows at SNR 8, 20, 75 and 3 in one batch: each row is the bytes of that row alone,
+    on ``Camera.for_snr(its SNR)``; the realised SNR is within 3 % of its target (128 x 128
+    scenes); at SNR 75 the image stays far below the ADC's top where the fixed gain would
+    saturate it; a batch at one SNR <= 8 is :func:`add_noise` on the whole batch."""
+    clean, mask = _scene(4, 0.1, size=128)
+    clean = clean * 1000
+    snr = torch.tensor([8.0, 20.0, 75.0, 3.0])
+    seeds = torch.tensor([21, 22, 23, 24])
+    res = noise.camera_images(clean, mask, snr, seeds)
+    for i in range(4):
+        cam = Camera().for_snr(float(snr[i]))
+        one = noise.add_noise(
+            clean[i : i + 1], mask[i : i + 1], snr[i : i + 1], seeds[i : i + 1], camera=cam
+        )
+        assert torch.equal(one.adu, res.adu[i : i + 1]), i
+        assert float(res.params["e_per_adu"][i]) == pytest.approx(cam.e_per_adu, rel=1e-6)
+    measured = res.params["snr_measured"]
+    assert torch.allclose(measured, snr, rtol=0.03), measured
+    assert int(res.adu[2].max()) < 0.2 * Camera().adc_max_adu
+    fixed = noise.add_noise(clean[2:3], mask[2:3], 75.0, seeds[2:3])
+    assert int(fixed.adu.max()) == Camera().adc_max_adu  # what the scaled gain avoids
+    same = noise.camera_images(clean, mask, 8.0, seeds)
+    plain = noise.add_noise(clean, mask, 8.0, seeds)
+    assert torch.equal(same.adu, plain.adu)
+    blurred = clean * 0.5  # optics change the image, not the exposure solved on clean
+    opt = noise.camera_images(clean, mask, snr, seeds, optics=blurred)
+    assert torch.equal(opt.params["k_e_per_unit"], res.params["k_e_per_unit"])
+    assert not torch.equal(opt.adu, res.adu)
+
+
 def test_apply_noise_without_mask_reports_noise_fidelity():
     clean, mask = _scene(2, 0.2)
     snr = torch.tensor([2.0, 8.0])

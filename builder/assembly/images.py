@@ -30,7 +30,7 @@ from builder.package.features import (
 )
 from builder.package.plan import CORRUPTIONS, SplitSpec, resolve_splits
 from builder.package.shards import encode_mask, encode_preview, encode_tiff, image_cell
-from synthesis.levels import REFERENCE_SNR, Camera
+from synthesis.levels import REFERENCE_SNR, TRAIN_SNR, Camera
 from synthesis.rng import derive_seed
 from synthesis.runtime.errors import InputError
 
@@ -130,13 +130,28 @@ class ConfigImages:
         ``clean`` the target ``snr``: blur changes the optics, not the exposure (k). The
         measured SNR is the camera equation on the stored image and the mask, so for blurred
         splits it is below the target (blur lowers the foreground contrast)."""
-        from synthesis.corruptions.noise import apply_noise, noise_parameters
+        from synthesis.corruptions.noise import camera_images
 
-        model = self.opts.noise_model
-        noise = noise_parameters(clean, mask, snr, camera=self.camera, model=model)
-        target = clean if optics is None else optics
-        adu, measured = apply_noise(target, noise, seeds, mask=mask, model=model)
-        return adu, {**noise, "snr_measured": measured}
+        res = camera_images(
+            clean, mask, snr, seeds, camera=self.camera, model=self.opts.noise_model, optics=optics
+        )
+        return res.adu, res.params
+
+    def _target_snr(self, spec: SplitSpec, ids: list[str]) -> float | torch.Tensor:
+        """The target SNR of the rows of ``ids`` in ``spec``: ``K`` for ``snr_K``; for
+        ``train`` and ``validation`` one draw per row, log-uniform in the config's
+        :data:`~synthesis.levels.TRAIN_SNR` range (seeded by the id: the same in every
+        build); the reference SNR for every other split."""
+        if spec.family == "reference" and spec.base in ("train", "validation"):
+            lo, hi = TRAIN_SNR[self.config]
+            if lo == hi:
+                return float(lo)
+            from synthesis import rng
+            from synthesis.rng import streams
+
+            u = rng.uniform(self._seeds(ids, "train_snr"), (1,), streams.TRAIN_SNR)[:, 0]
+            return (lo * (hi / lo) ** u.double()).float()
+        return spec.level if spec.corruption == "snr" else REFERENCE_SNR
 
     def reference_images(self, base: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(ADU int32, mask bool), both (N, 1, H, W), of a base split at the reference SNR:
@@ -145,7 +160,8 @@ class ConfigImages:
         adus, masks = [], []
         for batch in batched(self.source.ids(base), self.opts.batch_size):
             _, _, mask, clean = self._clean(spec, batch)
-            adu, _ = self._camera(clean, mask, self._seeds(batch, "noise"), REFERENCE_SNR)
+            snr = self._target_snr(spec, batch)
+            adu, _ = self._camera(clean, mask, self._seeds(batch, "noise"), snr)
             adus.append(adu)
             masks.append(mask)
         return torch.cat(adus), torch.cat(masks)
@@ -155,6 +171,7 @@ class ConfigImages:
         items, render_params, mask, clean = self._clean(spec, ids)
         noise_seeds = self._seeds(ids, "noise")
         per_row: list[dict[str, Any]] = [empty_params() for _ in ids]
+        levels = [spec.level] * len(ids)
         image_np: np.ndarray
         if spec.from_real_images:
             image_np = self._real(spec, ids, items, mask, per_row)
@@ -170,8 +187,10 @@ class ConfigImages:
                 optics = blur(clean, int(spec.level))
                 kind = "gaussian" if spec.family == "sib" else "space_variant_gaussian"
                 psf = psf_mod.psf_params(kind, int(spec.level))
-            snr = spec.level if spec.corruption == "snr" else REFERENCE_SNR
+            snr = self._target_snr(spec, ids)
             adu, noise = self._camera(clean, mask, noise_seeds, snr, optics)
+            if isinstance(snr, torch.Tensor):  # one SNR per row: the row's level is its SNR
+                levels = [float(v) for v in noise["snr_target"].tolist()]
             if spec.family == "attacks":
                 adu, attack_rows = self._attack(spec, ids, adu, mask)
                 for p, a in zip(per_row, attack_rows, strict=True):
@@ -201,7 +220,7 @@ class ConfigImages:
                 "mask": image_cell(encode_mask(mask_np[i])),
                 "id": rid,
                 "corruption": label,
-                "level": spec.level,
+                "level": levels[i],
                 "params": p,
                 "source": item.source,
             }

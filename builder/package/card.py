@@ -37,6 +37,7 @@ from synthesis.levels import (
     SIB_SIGMA_PX,
     SNR_LEVELS,
     SVB,
+    TRAIN_SNR,
     Camera,
 )
 from synthesis.runtime.files import atomic_write_bytes
@@ -373,6 +374,15 @@ def spread_cell(mean: Any, sd: Any, digits: int = 3) -> str:
     return f"{cell} ± {spread}"
 
 
+def _train_snr(configs: list[str]) -> str:
+    """The SNR range of the ``train`` and ``validation`` rows of each config, e.g.
+    ``er 8; nucleus 8–75``."""
+    def span(lo: float, hi: float) -> str:
+        return f"{lo:g}" if lo == hi else f"{lo:g}–{hi:g}"
+
+    return "; ".join(f"{c} {span(*TRAIN_SNR[c])}" for c in configs)
+
+
 def results_path(out: Path, config: str) -> Path:
     return out / "results" / f"{config}.json"
 
@@ -515,6 +525,7 @@ def render_card(
         "first_config": default_config(manifest),
         "install": install_line(),
         "reference_snr": f"{REFERENCE_SNR:g}",
+        "train_snr": _train_snr(configs),
         "splits_table": _splits_table(manifest),
         "levels_table": levels_table(),
         "camera": ", ".join(f"{k} = {v:g}" for k, v in Camera().to_dict().items()),

@@ -121,7 +121,7 @@ Score it on every split: `fluorobench-c evaluate --data {dataset_repo} --config 
 ## Intended use and limits
 
 A reference for the benchmark's transfer attacks and a baseline to compare against; it was
-trained on synthetic images of the benchmark (`train` split, reference SNR 8) and is not a
+trained on synthetic images of the benchmark (`train` split, SNR 8 and up) and is not a
 model for real microscopy data.
 """
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}").content

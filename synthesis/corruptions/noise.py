@@ -51,6 +51,7 @@ __all__ = [
     "NoiseResult",
     "add_noise",
     "apply_noise",
+    "camera_images",
     "electrons_from_adu",
     "exposure_for_snr",
     "measure_snr",
@@ -430,6 +431,64 @@ def add_noise(
         clean, checked, check_seeds(seeds, batch, device), mask.to(device), model
     )
     return NoiseResult(adu=adu, params={**params, "snr_measured": measured})
+
+
+def camera_images(
+    clean: Tensor,
+    mask: Tensor,
+    snr: float | Tensor,
+    seeds: Tensor,
+    *,
+    camera: Camera = DEFAULT_CAMERA,
+    model: str = "poisson_gaussian",
+    optics: Tensor | None = None,
+) -> NoiseResult:
+    """Noisy images of ``optics`` (default: ``clean``) with the exposure that gives ``clean``
+    the target ``snr``, each row on ``camera.for_snr(its SNR)`` (:meth:`Camera.for_snr`:
+    rows above the reference SNR get a coarser gain instead of saturating the ADC).
+
+    Blur changes the optics, not the exposure: the exposure is solved on ``clean``. Rows that
+    share a gain are solved and noised together; a row's bytes depend only on its own image,
+    SNR and seed. With one gain (every SNR at or below the reference, or one SNR) this is
+    :func:`noise_parameters` then :func:`apply_noise` on the whole batch.
+
+    Returns:
+        :class:`NoiseResult`: ``adu`` int32 ``(B, 1, H, W)`` and ``params`` (the parameters
+        of each row, its gain included, plus ``snr_measured``), all ``(B,)``.
+
+    Example:
+        >>> x = torch.full((2, 1, 64, 64), 10.0); x[:, :, 16:48, 16:48] = 100.0
+        >>> res = camera_images(x, x > 50, torch.tensor([8.0, 40.0]), torch.tensor([1, 2]))
+        >>> res.params["e_per_adu"].tolist(), int(res.adu.max()) < 65535
+        ([0.10000000149011612, 2.5], True)
+    """
+    batch = clean.shape[0]
+    target = clean if optics is None else optics
+    levels = torch.as_tensor(snr, dtype=torch.float64).reshape(-1).expand(batch)
+    cameras = [camera.for_snr(float(v)) for v in levels.tolist()]
+
+    def solve(rows: Tensor | slice, level: float | Tensor, cam: Camera) -> NoiseResult:
+        params = noise_parameters(clean[rows], mask[rows], level, camera=cam, model=model)
+        adu, measured = apply_noise(target[rows], params, seeds[rows], mask=mask[rows], model=model)
+        return NoiseResult(adu=adu, params={**params, "snr_measured": measured})
+
+    gains = sorted({c.e_per_adu for c in cameras})
+    if len(gains) == 1:
+        return solve(slice(None), snr, cameras[0])
+    parts = []
+    for gain in gains:
+        rows = torch.tensor([i for i, c in enumerate(cameras) if c.e_per_adu == gain])
+        cam = cameras[int(rows[0])]
+        parts.append((rows, solve(rows.to(clean.device), levels[rows].float(), cam)))
+    first = parts[0][1]
+    adu = first.adu.new_empty((batch, *first.adu.shape[1:]))
+    params = {k: v.new_empty(batch) for k, v in first.params.items()}
+    for rows, part in parts:
+        idx = rows.to(adu.device)
+        adu[idx] = part.adu
+        for k, v in part.params.items():
+            params[k][rows.to(v.device)] = v
+    return NoiseResult(adu=adu, params=params)
 
 
 def electrons_from_adu(adu: Tensor, params: dict[str, Tensor]) -> Tensor:

@@ -44,6 +44,7 @@ __all__ = [
     "BackgroundFit",
     "background_statistics",
     "fit_background",
+    "fit_train_snr",
     "statistics_distance",
 ]
 
@@ -205,3 +206,52 @@ def _render_statistics(
         img = render(masks[sl], seeds[sl], structure, instances=inst, settings=settings).image
         parts.append(background_statistics(img, masks[sl]))
     return torch.cat(parts)
+
+
+def fit_train_snr(
+    images: Tensor, mask: Tensor, *, quantile: float = 0.95
+) -> tuple[tuple[float, float], Tensor]:
+    """The SNR range of the ``train`` and ``validation`` rows (:data:`synthesis.levels.TRAIN_SNR`)
+    fitted to real tiles: from the reference SNR to the ``quantile`` of the tiles' native SNRs,
+    rounded to a whole SNR (never below the reference).
+
+    Each tile's native SNR is the camera equation on its mask with its own noise, fitted on
+    that tile alone, as the build measures the real splits'
+    (:func:`synthesis.corruptions.real.native_snr`).
+
+    Args:
+        images: ``(N, 1, H, W)`` real tiles in grey levels (train tiles only).
+        mask: ``(N, 1, H, W)`` bool masks.
+        quantile: the upper end's quantile of the native SNRs, in (0, 1].
+
+    Returns:
+        ``((low, high), native SNR of each tile (N,) float64)``.
+
+    Raises:
+        ValueError: ``quantile`` out of range, or no tile with a finite positive native SNR.
+    """
+    from synthesis.corruptions.real import estimate_noise, native_snr
+    from synthesis.levels import REFERENCE_SNR
+
+    if not 0 < quantile <= 1:
+        raise ValueError(f"quantile must be in (0, 1]. Got {quantile}")
+    snrs = []
+    for i in range(images.shape[0]):  # one fit per tile: a tile's SNR ignores the others
+        x = images[i : i + 1].to(torch.float64)
+        m = mask[i : i + 1] != 0
+        snrs.append(native_snr(x, m, estimate_noise(x, m, quant_step=1.0)))
+    snr = torch.cat(snrs)
+    finite = snr[torch.isfinite(snr) & (snr > 0)]
+    if finite.numel() == 0:
+        raise ValueError("no tile has a finite, positive native SNR")
+    high = max(REFERENCE_SNR, float(round(float(torch.quantile(finite, quantile)))))
+    logger.info(
+        "train SNR fit: %d tiles, native SNR median %.1f, %g%% quantile %.1f -> range %g-%g",
+        finite.numel(),
+        float(finite.median()),
+        100 * quantile,
+        float(torch.quantile(finite, quantile)),
+        REFERENCE_SNR,
+        high,
+    )
+    return (REFERENCE_SNR, high), snr

@@ -35,6 +35,8 @@ NOISE_CHOICE = 285
 ATTACK_START = 300  #: PGD's uniform random start
 # GAN training (synthesis.models.gan_training)
 GAN_TRAIN_NOISE = 380
+# The build's train and validation rows (builder.assembly.images)
+TRAIN_SNR = 400  #: a row's SNR, log-uniform in its config's range (synthesis.levels)
 # Renderer ablation (builder.experiments.ablation)
 ABLATION_SNR = 390  #: a row's train SNR drawn from the real tiles' native SNR
 
