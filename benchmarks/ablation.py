@@ -8,9 +8,14 @@ wall time of each variant and the machine.
     python benchmarks/ablation.py [--variants physics,-texture ...] [--seeds 3] [--epochs 15]
         [--out out/ablation] [--json]
 
+Per variant, once, the realism measures of its train images against the real train tiles
+(``synthesis.realism``: five distances and the domain score) and, per measure, the Spearman
+correlation across the variants with the real-image IoU: which measures agree with transfer.
+
 Variants by name or file name (``-texture`` or ``no-texture``; a name starting with ``-``
 needs ``--variants=-texture`` or a comma list). A rerun with the same settings reuses every
-model and score in ``--out/models``; ``ablation.json`` and ``ablation.md`` go to ``--out``.
+model, score and measure in ``--out/models`` (measures missing there are computed, without
+training); ``ablation.json`` and ``ablation.md`` go to ``--out``.
 """
 
 from __future__ import annotations

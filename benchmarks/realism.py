@@ -11,10 +11,11 @@ Three comparisons, all in one run:
    0.5th background percentile, the camera offset, divided by its foreground mean); the two
    synthetic images get the real tile's camera noise, ``var = b + a x`` with ``b`` and ``a``
    from its measured background and foreground noise (Immerkaer's estimator), as its camera
-   would have added it. Distances to the real image, per tile then averaged:
-   intensity histogram (Wasserstein-1 over all pixels and over the foreground), radially
-   averaged power spectrum (mean |log10 ratio| over 2..127 cycles per 256 px), background /
-   foreground ratio and foreground coefficient of variation (absolute differences).
+   would have added it. Distances to the real image, per tile then averaged (defined once in
+   :mod:`synthesis.realism`, ``docs/definitions.md#realism``): intensity histogram
+   (Wasserstein-1 over all pixels and over the foreground), radially averaged power spectrum
+   (mean |log10 ratio| over 2..127 cycles per 256 px), background / foreground ratio and
+   foreground coefficient of variation (absolute differences).
    The nucleus renderer ranges were set on the ``train`` tiles; report ``test`` (held out).
 3. **Speed**: procedural masks and rendering (images/s), against reading and merging the
    real BBBC038 masks from disk and the naive renderer.
@@ -44,7 +45,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from scipy.spatial import ConvexHull
 
-from synthesis import rng
+from synthesis import realism, rng
 from synthesis.filters.gaussian import gaussian_blur
 from synthesis.groundtruth.masks import STRUCTURES, generate_masks
 from synthesis.groundtruth.sources import open_source
@@ -123,10 +124,9 @@ def compare_masks(real_items: list, n_procedural: int) -> dict[str, dict[str, li
 
 
 def normalise(x: np.ndarray, fg: np.ndarray) -> np.ndarray:
-    """Minus the 0.5th background percentile (the offset), over the foreground mean."""
-    floor = np.percentile(x[~fg], 0.5)
-    y = x - floor
-    return y / max(float(y[fg].mean()), 1e-9)
+    """:func:`synthesis.realism.normalise_levels` of a numpy image: minus the 0.5th
+    background percentile (the offset), over the foreground mean."""
+    return realism.normalise_levels(torch.from_numpy(x), torch.from_numpy(fg)).numpy()
 
 
 _LAPLACE = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
@@ -152,25 +152,9 @@ def camera_noise(xn: np.ndarray, fg: np.ndarray) -> tuple[float, float]:
     return b * b, max(0.0, f * f - b * b)
 
 
-def raps(x: np.ndarray) -> np.ndarray:
-    """Radially averaged power spectrum, radii 1..N/2 - 1 (cycles per image)."""
-    n = x.shape[0]
-    p = np.abs(np.fft.fft2(x - x.mean())) ** 2
-    f = np.fft.fftfreq(n) * n
-    r = np.rint(np.hypot(f[:, None], f[None, :])).astype(int)
-    sums = np.bincount(r.ravel(), p.ravel())
-    counts = np.bincount(r.ravel())
-    return sums[1 : n // 2] / counts[1 : n // 2]
-
-
 def distances(real: np.ndarray, syn: np.ndarray, fg: np.ndarray) -> dict[str, float]:
-    return {
-        "hist_w1_all": float(np.abs(np.sort(real.ravel()) - np.sort(syn.ravel())).mean()),
-        "hist_w1_fg": float(np.abs(np.sort(real[fg]) - np.sort(syn[fg])).mean()),
-        "raps_log10": float(np.abs(np.log10(raps(syn)[1:]) - np.log10(raps(real)[1:])).mean()),
-        "bg_fg_ratio": abs(float(syn[~fg].mean() - real[~fg].mean())),
-        "fg_cv": abs(float(syn[fg].std() - real[fg].std())),
-    }
+    """:func:`synthesis.realism.distances` of two normalised numpy images of mask ``fg``."""
+    return realism.distances(torch.from_numpy(real), torch.from_numpy(syn), torch.from_numpy(fg))
 
 
 def tile_tensors(items: list) -> tuple[torch.Tensor, torch.Tensor]:

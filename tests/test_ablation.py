@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from builder.experiments import ablation as ab
-from synthesis.levels import REFERENCE_SNR
+from synthesis.levels import REFERENCE_SNR, TRAIN_SNR
+from synthesis.realism import MEASURES, DomainSettings
 from synthesis.render.physics import RENDER_SETTINGS, RenderSettings
 from tests.toy import disc_source
 
@@ -126,8 +127,10 @@ def test_snr_real_draws_within_the_fitted_range(tmp_path):
     assert torch.equal(data.train_snr("real", ids[7:9]), snr[7:9])  # per id, any batch
     assert bool((data.train_snr("reference", ids[:3]) == REFERENCE_SNR).all())
     # Rows above the reference SNR get a larger gain and stay below the ADC's top.
-    assert ab.row_camera(REFERENCE_SNR) == ab.DEFAULT_CAMERA
-    assert ab.row_camera(16.0).e_per_adu == pytest.approx(4 * ab.DEFAULT_CAMERA.e_per_adu)
+    assert ab.DEFAULT_CAMERA.for_snr(REFERENCE_SNR) == ab.DEFAULT_CAMERA
+    assert ab.DEFAULT_CAMERA.for_snr(16.0).e_per_adu == pytest.approx(
+        4 * ab.DEFAULT_CAMERA.e_per_adu
+    )
     m = _square(2)
     clean = ab.VARIANTS["physics"].render(m, SEEDS[:2], m.to(torch.int32))
     high = torch.tensor([150.0, 150.0], dtype=torch.float64)
@@ -140,8 +143,10 @@ def discs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return disc_source(tmp_path_factory.mktemp("src") / "discs", 24, seed=5, discs=6)
 
 
-def test_physics_variant_is_the_build_train_split(discs, tmp_path):
-    """The in-memory train split of ``physics`` has the bytes of a package's ``train``."""
+def test_build_snr_variant_is_the_build_train_split(discs, tmp_path):
+    """The in-memory train split of ``snr=build`` (the shipped settings, the build's SNR
+    draw) has the bytes of a package's ``train``; ``physics`` is the same renderer with
+    every row at the reference SNR."""
     from builder.assembly import BuildOptions, build
     from builder.assembly.reference import read_split
 
@@ -162,9 +167,12 @@ def test_physics_variant_is_the_build_train_split(discs, tmp_path):
         source=str(discs), out=tmp_path, train=4, validation=2, test=2, seed=3
     )
     data = ab.AblationData(opts, torch.device("cpu"))
-    adu, mask, facts = data.synthetic(ab.VARIANTS["physics"], "train")
+    adu, mask, facts = data.synthetic(ab.VARIANTS["snr=build"], "train")
     want_adu, want_mask = read_split(str(pkg), "nucleus", "train")
     assert torch.equal(adu, want_adu) and torch.equal(mask, want_mask)
+    lo, hi = TRAIN_SNR["nucleus"]
+    assert lo <= facts["snr_min"] < facts["snr_max"] <= hi
+    _, _, facts = data.synthetic(ab.VARIANTS["physics"], "train")
     assert facts["snr_min"] == facts["snr_max"] == REFERENCE_SNR
     # Scoring from tensors counts what scoring the package's split counts.
     from builder.evaluation.scoring import per_image_counts, tensor_counts
@@ -190,6 +198,7 @@ def test_resumed_run_trains_nothing(discs, tmp_path, monkeypatch):
         validation=2,
         test=3,
         device="cpu",
+        domain=DomainSettings(crop=32, steps=10, batch=8),
     )
     first = ab.ablation(opts)
     ab.write_ablation_reports(opts.out, first)
@@ -204,6 +213,18 @@ def test_resumed_run_trains_nothing(discs, tmp_path, monkeypatch):
     real = first["variants"]["snr=real"]["train_data"]
     q = first["native_snr_train"]["quantiles"]
     assert q["0.0"] <= real["snr_min"] <= real["snr_max"] <= q["1.0"]
+    # Realism measures: once per variant, stored beside its models under their own hash.
+    stored = sorted((opts.out / "models").glob("*-realism-*.json"))
+    assert [p.name.split("-realism")[0] for p in stored] == ["naive-shipped", "snr-real"]
+    for name, v in first["variants"].items():
+        r = v["realism"]
+        assert list(r["measures"]) == list(MEASURES) and r["tiles"] == 4, name
+        assert not r["reused"] and r["domain"]["settings"]["steps"] == 10
+        assert opts.realism_path(ab.variant_by_name(name)).exists()
+    assert first["realism_transfer"].keys() == set(MEASURES)
+    assert all(
+        c["variants"] == 2 and c["agrees"] is None for c in first["realism_transfer"].values()
+    )
 
     def no_training(*args, **kwargs):
         raise AssertionError("a resumed run trained a model")
@@ -217,9 +238,104 @@ def test_resumed_run_trains_nothing(discs, tmp_path, monkeypatch):
         assert v["iou"] == first["variants"][name]["iou"]
         assert v["seconds"]["total"] == first["variants"][name]["seconds"]["total"]
     assert again["native_snr_train"] == first["native_snr_train"]
+    assert all(v["realism"]["reused"] for v in again["variants"].values())
+    assert again["realism_transfer"] == first["realism_transfer"]
     md = (opts.out / "ablation.md").read_text()
     assert md == ab.ablation_markdown(first)
     assert "| snr=real |" in md and "| naive (shipped) |" in md
+    assert "## Realism against transfer" in md and "| domain AUC | " in md
     assert json.loads((opts.out / "ablation.json").read_text())["variants"].keys() == set(
         opts.variants
     )
+    # Models done, measures missing: the train split is rendered again and measured (the
+    # same values: seeded), and nothing is trained.
+    for p in stored:
+        p.unlink()
+    monkeypatch.undo()
+    monkeypatch.setattr(ab, "fit_reference", no_training)
+    third = ab.ablation(opts)
+    assert sorted((opts.out / "models").glob("*-realism-*.json")) == stored
+    assert [p.stat().st_mtime_ns for p in models] == stamps
+    for name, v in third["variants"].items():
+        assert all(r["reused"] for r in v["runs"]) and not v["realism"]["reused"]
+        assert v["realism"]["measures"] == first["variants"][name]["realism"]["measures"]
+        assert v["realism"]["seconds"]["render"] > 0
+
+
+def _variant(iou: float, **measures: float) -> dict:
+    stat = {"mean": iou, "sd": 0.01}
+    return {
+        "changes": "",
+        "base": "physics",
+        "iou": stat,
+        "precision": stat,
+        "recall": stat,
+        "val_iou": stat,
+        "seconds": {"total": 1.0},
+        "realism": {"measures": measures, "tiles": 160},
+    }
+
+
+def test_realism_transfer_table():
+    """Spearman rho of each measure against the mean real IoU, across the variants: a
+    distance falling as the IoU rises agrees (rho -1), one rising with it does not (rho
+    +1); a constant one is undefined; fewer than AGREES_MIN_VARIANTS variants: no verdict."""
+    ious = [0.5, 0.7, 0.6, 0.8, 0.65, 0.55]
+    variants = {
+        f"v{i}": _variant(
+            iou,
+            hist_w1_all=0.1,
+            hist_w1_fg=1 - iou,
+            raps_log10=iou,
+            bg_fg_ratio=[0.3, 0.1, 0.2, 0.05, 0.25, 0.15][i],  # ranks: 6,2,4,1,5,3 vs 1,5,3,6,4,2
+            fg_cv=1 - iou,
+            domain_auc=0.9 + iou / 10,
+        )
+        for i, iou in enumerate(ious)
+    }
+    t = ab.realism_transfer(variants)
+    assert t["hist_w1_fg"] == {"spearman": -1.0, "variants": 6, "agrees": True}
+    assert t["raps_log10"] == {"spearman": 1.0, "variants": 6, "agrees": False}
+    assert t["hist_w1_all"] == {"spearman": None, "variants": 6, "agrees": None}
+    # 1 - 6 sum(d^2) / (n (n^2 - 1)), rank differences d = -5, 3, 1, 5, -1, -1: 1 - 62/35.
+    assert t["bg_fg_ratio"]["spearman"] == pytest.approx(1 - 62 / 35)
+    assert t["bg_fg_ratio"]["agrees"] is True
+    few = ab.realism_transfer(dict(list(variants.items())[: ab.AGREES_MIN_VARIANTS - 1]))
+    assert few["hist_w1_fg"]["spearman"] == -1.0 and few["hist_w1_fg"]["agrees"] is None
+    results = {
+        "config": "nucleus",
+        "source": "src",
+        "recipe": {
+            "counts": {"train": 160, "validation": 20},
+            "epochs": 15,
+            "training_seeds": [0, 1, 2],
+        },
+        "variants": variants,
+        "realism_transfer": t,
+    }
+    md = ab.ablation_markdown(results)
+    assert "| hist W1 fg | -1.00 | 6 | yes |" in md
+    assert "| RAPS log10 | +1.00 | 6 | no |" in md
+    assert "| hist W1 all | — | 6 | — |" in md
+    assert "| v0 | 0.500 ± 0.010 | 0.1000 | 0.5000 |" in md
+    # Results from before the measures (no "realism"): no realism section.
+    for v in variants.values():
+        del v["realism"]
+    del results["realism_transfer"]
+    assert "Realism" not in ab.ablation_markdown(results)
+
+
+def test_8bit_export_maps_zero_and_maximum_to_the_drawn_levels():
+    """Camera zero -> the dark level, the row's maximum -> the peak, rounded, in 0-255;
+    most of a dark background lands on one or two grey levels, as in BBBC038's files."""
+    offset = ab.DEFAULT_CAMERA.offset_adu
+    adu = torch.full((2, 1, 32, 32), offset)
+    adu[:, :, 8:24, 8:24] = offset + 1000
+    adu[0, 0, 0, 0] = offset + 7  # a faint pixel in the background
+    out = ab.export_8bit(adu.int(), torch.tensor([2.0, 0.0]), torch.tensor([40.0, 255.0]))
+    assert out.dtype == torch.int32 and int(out.min()) >= 0 and int(out.max()) <= 255
+    assert int(out[0, 0, 10, 10]) == 40 and int(out[1, 0, 10, 10]) == 255
+    assert int(out[0, 0, 1, 1]) == 2 and int(out[1, 0, 1, 1]) == 0
+    assert int(out[0, 0, 0, 0]) == round(2 + 7 / 1000 * 38)
+    assert ab.VARIANTS["snr=build+8bit"].recipe()["export"] == "8bit"
+    assert "export" not in ab.VARIANTS["physics"].recipe()  # earlier runs keep their keys

@@ -120,20 +120,20 @@ def test_train_snr_is_log_uniform_in_the_config_range_and_fixed_by_the_id(tmp_pa
     opts = BuildOptions(out=tmp_path / "unused", configs=["nucleus", "er"], seed=3, device="cpu")
     nucleus = ConfigImages(opts, "nucleus", torch.device("cpu"))
     train = SplitSpec("train", "reference", "snr", 8.0, "train")
-    snr = nucleus._target_snr(train, ids).double()
+    snr = nucleus.target_snr(train, ids).double()
     lo, hi = TRAIN_SNR["nucleus"]
     assert lo < hi and bool(((snr >= lo) & (snr <= hi * (1 + 1e-6))).all())
     u = (torch.log(snr / lo) / math.log(hi / lo)).numpy()
     assert stats.kstest(u, "uniform").pvalue > 0.001
     assert torch.equal(
-        nucleus._target_snr(train, ids[10:20]), nucleus._target_snr(train, ids)[10:20]
+        nucleus.target_snr(train, ids[10:20]), nucleus.target_snr(train, ids)[10:20]
     )
     val = SplitSpec("validation", "reference", "snr", 8.0, "validation")
-    assert torch.equal(nucleus._target_snr(val, ids[:5]), snr[:5].float())
+    assert torch.equal(nucleus.target_snr(val, ids[:5]), snr[:5].float())
     test = SplitSpec("test", "reference", "snr", 8.0, "test")
-    assert nucleus._target_snr(test, ids[:5]) == 8.0
+    assert nucleus.target_snr(test, ids[:5]) == 8.0
     er = ConfigImages(opts, "er", torch.device("cpu"))
-    assert er._target_snr(train, ids[:5]) == TRAIN_SNR["er"][0] == 8.0
+    assert er.target_snr(train, ids[:5]) == TRAIN_SNR["er"][0] == 8.0
 
 
 def test_snr_8_shares_the_files_of_test(small_package: Path):

@@ -137,7 +137,7 @@ class ConfigImages:
         )
         return res.adu, res.params
 
-    def _target_snr(self, spec: SplitSpec, ids: list[str]) -> float | torch.Tensor:
+    def target_snr(self, spec: SplitSpec, ids: list[str]) -> float | torch.Tensor:
         """The target SNR of the rows of ``ids`` in ``spec``: ``K`` for ``snr_K``; for
         ``train`` and ``validation`` one draw per row, log-uniform in the config's
         :data:`~synthesis.levels.TRAIN_SNR` range (seeded by the id: the same in every
@@ -160,7 +160,7 @@ class ConfigImages:
         adus, masks = [], []
         for batch in batched(self.source.ids(base), self.opts.batch_size):
             _, _, mask, clean = self._clean(spec, batch)
-            snr = self._target_snr(spec, batch)
+            snr = self.target_snr(spec, batch)
             adu, _ = self._camera(clean, mask, self._seeds(batch, "noise"), snr)
             adus.append(adu)
             masks.append(mask)
@@ -187,7 +187,7 @@ class ConfigImages:
                 optics = blur(clean, int(spec.level))
                 kind = "gaussian" if spec.family == "sib" else "space_variant_gaussian"
                 psf = psf_mod.psf_params(kind, int(spec.level))
-            snr = self._target_snr(spec, ids)
+            snr = self.target_snr(spec, ids)
             adu, noise = self._camera(clean, mask, noise_seeds, snr, optics)
             if isinstance(snr, torch.Tensor):  # one SNR per row: the row's level is its SNR
                 levels = [float(v) for v in noise["snr_target"].tolist()]

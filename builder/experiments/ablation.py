@@ -32,9 +32,20 @@ reference condition instead of saturating the ADC (the real train tiles reach SN
 the shipped gain a physics render of BBBC038 masks saturates some pixels from SNR ~40, every
 row by SNR 80). The exposure solve counts the gain's rounding noise, so the SNR stays exact.
 
+Realism against transfer: per variant, once (not per training seed), the six realism
+measures of :mod:`synthesis.realism` (five paired distances and the domain score) between
+the variant's train ADU images, the ones its U-Nets train on, and the real train tiles at
+native noise (the same masks); and, per measure, the Spearman rank correlation across the
+variants between the measure (lower: more real) and the variant's mean real-image IoU
+(:func:`realism_transfer`). A measure that predicts transfer correlates strongly
+negatively; it *agrees with transfer* when rho <= :data:`AGREES_RHO` over at least
+:data:`AGREES_MIN_VARIANTS` variants (``docs/definitions.md#realism``).
+
 Resumable: each model is saved as ``models/<variant>-seed<k>-<hash>.safetensors`` and its
 scores as the ``.json`` beside it, the hash covering every setting they depend on; a rerun
-reuses both and renders nothing for a variant whose runs are all done.
+reuses both and renders nothing for a variant whose runs are all done and whose measures
+are stored (``models/<variant>-realism-<hash>.json``, their own hash: a run whose models
+are all done renders the train split once more to measure it, and trains nothing).
 """
 
 from __future__ import annotations
@@ -56,7 +67,8 @@ from builder.evaluation.scoring import tensor_counts
 from builder.experiments.fidelity import split_scores
 from builder.package.card import number_cell
 from synthesis.corruptions.noise import DEFAULT_CAMERA
-from synthesis.levels import REFERENCE_SNR, Camera
+from synthesis.levels import REFERENCE_SNR
+from synthesis.realism import DOMAIN, MEASURES, DomainSettings, realism_measures, spearman
 from synthesis.render.naive import NAIVE_PSF_PX
 from synthesis.render.physics import RENDER_SETTINGS, RenderSettings
 from synthesis.rng import derive_seed
@@ -71,6 +83,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "AGREES_MIN_VARIANTS",
+    "AGREES_RHO",
     "COMPONENTS",
     "CONFIG",
     "FLAT_SHAPE",
@@ -81,7 +95,7 @@ __all__ = [
     "ablation",
     "ablation_markdown",
     "camera",
-    "row_camera",
+    "realism_transfer",
     "variant_by_name",
     "write_ablation_reports",
 ]
@@ -112,11 +126,27 @@ COMPONENTS: dict[str, dict[str, tuple[float, float]]] = {
     "psf": {"psf_sigma_px": (NAIVE_PSF_PX, NAIVE_PSF_PX)},
 }
 
-#: Train SNR rules: every row at the reference SNR, or drawn from the real train tiles.
-SNR_RULES = ("reference", "real")
+#: Train SNR rules: every row at the reference SNR, drawn from the real train tiles, or
+#: the build's own draw (log-uniform in :data:`synthesis.levels.TRAIN_SNR`).
+SNR_RULES = ("reference", "real", "build")
+#: Exports of the camera's ADU: none (the benchmark's 16-bit camera), or ``8bit``: each row
+#: mapped linearly from its camera zero and its maximum to the dark level and the maximum of
+#: a real train tile (drawn per row), rounded and clipped to 0-255, as BBBC038's 8-bit files.
+EXPORTS = ("none", "8bit")
 
 #: Tiles per render and camera batch (as the build's default; rows do not depend on it).
 _BATCH = 16
+
+#: A realism measure agrees with transfer when its Spearman rho against the variants' mean
+#: real-image IoU is at or below this (lower distance, higher IoU; about p = 0.05
+#: two-sided for 16 variants) ...
+AGREES_RHO = -0.5
+#: ... over at least this many variants (fewer: no verdict).
+AGREES_MIN_VARIANTS = 5
+
+#: Version of the realism measures' definitions, in their cache key: bump it when
+#: :mod:`synthesis.realism` changes a value.
+REALISM_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -129,6 +159,7 @@ class Variant:
     snr: str = "reference"
     base: str = "physics"
     changes: str = ""
+    export: str = "none"
 
     @property
     def slug(self) -> str:
@@ -139,11 +170,14 @@ class Variant:
 
     def recipe(self) -> dict[str, Any]:
         """What the variant's images depend on."""
-        return {
+        out: dict[str, Any] = {
             "renderer": "naive" if self.settings is None else "physics",
             "settings": None if self.settings is None else asdict(self.settings),
             "snr": self.snr,
         }
+        if self.export != "none":  # absent for the 16-bit camera: earlier runs keep their keys
+            out["export"] = self.export
+        return out
 
     def render(
         self, mask: torch.Tensor, seeds: torch.Tensor, instances: torch.Tensor | None
@@ -177,6 +211,17 @@ def _variants() -> dict[str, Variant]:
         name = "psf=naive" if c == "psf" else f"-{c}"
         out.append(Variant(name, s, changes=_ranges(s, PHYSICS)))
     out.append(Variant("snr=real", PHYSICS, snr="real", changes=real_snr))
+    build_snr = "train SNR as the build draws it (log-uniform in TRAIN_SNR['nucleus'])"
+    out.append(Variant("snr=build", PHYSICS, snr="build", changes=build_snr))
+    out.append(
+        Variant(
+            "snr=build+8bit",
+            PHYSICS,
+            snr="build",
+            export="8bit",
+            changes=build_snr + "; 8-bit export like the real files",
+        )
+    )
     out.append(Variant("naive", naive, base="naive", changes=_ranges(naive, PHYSICS)))
     for c in COMPONENTS:
         s = replace(naive, **{k: getattr(PHYSICS, k) for k in COMPONENTS[c]})
@@ -205,21 +250,11 @@ def variant_by_name(name: str) -> Variant:
     )
 
 
-def row_camera(snr: float) -> Camera:
-    """The camera of a row at ``snr``: the benchmark's, with the gain (e-/ADU) scaled by
-    ``(snr / REFERENCE_SNR)^2`` above the reference SNR, so the signal spans the same ADU
-    range as at the reference condition instead of saturating the ADC."""
-    if snr <= REFERENCE_SNR:
-        return DEFAULT_CAMERA
-    gain = DEFAULT_CAMERA.e_per_adu * (snr / REFERENCE_SNR) ** 2
-    return replace(DEFAULT_CAMERA, e_per_adu=gain)
-
-
 @dataclass(frozen=True)
 class AblationOptions:
     """One ablation run. ``source``, ``train``, ``validation``, ``test`` and ``seed`` are
     the fidelity run's (the same tiles and render/noise seeds); ``seeds`` training seeds
-    ``0..seeds-1`` per variant."""
+    ``0..seeds-1`` per variant; ``domain``: the domain score's settings (``seed`` seeds it)."""
 
     source: str
     out: Path
@@ -231,6 +266,8 @@ class AblationOptions:
     test: int = 1000
     seed: int = 0
     device: str | None = None
+    #: The domain score's classifier and training (in the measures' cache key).
+    domain: DomainSettings = DOMAIN
 
     def validate(self) -> None:
         """Raises :class:`InputError` for a bad source, variant or count."""
@@ -265,6 +302,23 @@ class AblationOptions:
         digest = hashlib.sha256(key).hexdigest()[:12]
         return self.out / "models" / f"{variant.slug}-seed{seed}-{digest}.safetensors"
 
+    def realism_recipe(self, variant: Variant) -> dict[str, Any]:
+        """Everything a variant's realism measures depend on (no training setting)."""
+        return {
+            "config": CONFIG,
+            "source": str(Path(self.source).resolve()),
+            "counts": self.counts(),
+            "seed": self.seed,
+            "variant": variant.recipe(),
+            "measures": {"version": REALISM_VERSION, "domain": asdict(self.domain)},
+        }
+
+    def realism_path(self, variant: Variant) -> Path:
+        """``models/<variant>-realism-<hash>.json``: the variant's stored measures."""
+        key = json.dumps(self.realism_recipe(variant), sort_keys=True).encode()
+        digest = hashlib.sha256(key).hexdigest()[:12]
+        return self.out / "models" / f"{variant.slug}-realism-{digest}.json"
+
 
 class AblationData:
     """The fidelity run's tiles, and each variant's train and validation images made from
@@ -276,6 +330,8 @@ class AblationData:
         self._images: ConfigImages | None = None
         #: The native SNRs of the real train tiles, once :meth:`native_snr_fit` ran.
         self.snr_fit: torch.Tensor | None = None
+        #: Dark level and maximum of each real train tile, once :meth:`real_levels` ran.
+        self._levels: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def images(self) -> ConfigImages:
@@ -336,11 +392,37 @@ class AblationData:
 
         if rule == "reference":
             return torch.full((len(ids),), REFERENCE_SNR, dtype=torch.float64)
+        if rule == "build":
+            from builder.package.plan import SplitSpec
+
+            spec = SplitSpec("train", "reference", "snr", REFERENCE_SNR, "train")
+            snr = self.images.target_snr(spec, ids)
+            return torch.as_tensor(snr, dtype=torch.float64).reshape(-1).expand(len(ids))
         if rule != "real":
             raise ValueError(f"snr rule must be one of {SNR_RULES}. Got {rule!r}")
         seeds = torch.tensor([derive_seed(self.opts.seed, CONFIG, i, "ablation-snr") for i in ids])
         u = rng.uniform(seeds, (1,), streams.ABLATION_SNR)[:, 0].double()
         return torch.quantile(self.native_snr_fit(), u)
+
+    def real_levels(self, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per id, ``(dark, peak)`` ``(B,)`` of a real train tile drawn by the id: the 2nd
+        percentile of its background and its maximum, in its file's grey levels (the
+        ``8bit`` export maps a render to them)."""
+        import torch
+
+        from synthesis import rng
+        from synthesis.groundtruth.sources import stack_items
+        from synthesis.rng import streams
+
+        if self._levels is None:
+            x, m, _ = stack_items(self.images.source.load(self.ids("train")))
+            dark = torch.stack([torch.quantile(x[i][~m[i]].double(), 0.02) for i in range(len(x))])
+            self._levels = (dark, x.flatten(1).amax(1).double())
+        dark, peak = self._levels
+        seeds = torch.tensor([derive_seed(self.opts.seed, CONFIG, i, "ablation-8bit") for i in ids])
+        u = rng.uniform(seeds, (1,), streams.ABLATION_SNR)[:, 0].double()
+        pick = (u * len(dark)).long().clamp(max=len(dark) - 1)
+        return dark[pick], peak[pick]
 
     def native_snr_summary(self) -> dict[str, Any]:
         """How many real train tiles the ``real`` rule was fitted on, and quantiles."""
@@ -364,7 +446,10 @@ class AblationData:
             inst = None if inst is None else inst.to(self.device)
             clean = variant.render(mask, self._seeds(chunk, "render"), inst)
             snr = self.train_snr(variant.snr, chunk)
-            adus.append(camera(clean, mask, self._seeds(chunk, "noise"), snr).float().cpu())
+            adu = camera(clean, mask, self._seeds(chunk, "noise"), snr)
+            if variant.export == "8bit":
+                adu = export_8bit(adu, *self.real_levels(chunk))
+            adus.append(adu.float().cpu())
             masks.append(mask.cpu())
             snrs.append(snr)
         adu, snr = torch.cat(adus), torch.cat(snrs)
@@ -389,21 +474,25 @@ class AblationData:
 def camera(
     clean: torch.Tensor, mask: torch.Tensor, seeds: torch.Tensor, snr: torch.Tensor
 ) -> torch.Tensor:
-    """Noisy ADU (int32) of ``clean`` at per-row ``snr``, each row with its
-    :func:`row_camera` (rows sharing a camera in one call, as the build's camera step)."""
-    from synthesis.corruptions.noise import apply_noise, noise_parameters
-    from synthesis.grouping import by_key
+    """Noisy ADU (int32) of ``clean`` at per-row ``snr``: the build's camera step
+    (:func:`synthesis.corruptions.noise.camera_images`, each row on
+    :meth:`~synthesis.levels.Camera.for_snr` of its SNR)."""
+    from synthesis.corruptions.noise import camera_images
 
-    gains = [row_camera(float(s)).e_per_adu for s in snr.tolist()]
+    return camera_images(clean, mask, snr, seeds, camera=DEFAULT_CAMERA).adu
 
-    def rows(idx: torch.Tensor, e_per_adu: Any) -> torch.Tensor:
-        cam = replace(DEFAULT_CAMERA, e_per_adu=float(e_per_adu))
-        sub = idx.cpu()
-        noise = noise_parameters(clean[idx], mask[idx], snr[sub].to(clean.device), camera=cam)
-        adu, _ = apply_noise(clean[idx], noise, seeds[idx], mask=mask[idx])
-        return adu
 
-    return by_key(gains, rows, clean.device)
+def export_8bit(adu: torch.Tensor, dark: torch.Tensor, peak: torch.Tensor) -> torch.Tensor:
+    """Each row of ``adu`` mapped linearly from the camera zero (its offset) and the row's
+    maximum to ``dark`` and ``peak`` (per row), rounded and clipped to ``[0, 255]``:
+    ``(B, 1, H, W)`` int32. What an 8-bit file of the acquisition holds (BBBC038's tiles:
+    most of their background is one or two grey levels)."""
+    import torch
+
+    x = adu.double() - DEFAULT_CAMERA.offset_adu
+    top = x.flatten(1).amax(1).clamp(min=1.0).view(-1, 1, 1, 1)
+    d, p = dark.double().view(-1, 1, 1, 1), peak.double().view(-1, 1, 1, 1)
+    return torch.round(d + x / top * (p - d)).clamp(0, 255).to(torch.int32)
 
 
 def ablation(opts: AblationOptions, *, progress: ProgressFactory | None = None) -> dict[str, Any]:
@@ -417,6 +506,7 @@ def ablation(opts: AblationOptions, *, progress: ProgressFactory | None = None) 
     device = resolve_device(opts.device)
     data = AblationData(opts, device)
     test: list[Any] = []  # the real test tiles, loaded once when a run needs scoring
+    real_train: list[Any] = []  # the real train tiles, loaded once when a measure needs them
     results: dict[str, Any] = {
         "config": CONFIG,
         "source": str(opts.source),
@@ -437,9 +527,13 @@ def ablation(opts: AblationOptions, *, progress: ProgressFactory | None = None) 
         for seed in range(opts.seeds):
             runs.append(_run(opts, variant, seed, data, made, test, device, progress))
         results["variants"][variant.name] = _summary(variant, runs)
+        results["variants"][variant.name]["realism"] = _realism(
+            opts, variant, data, made, real_train
+        )
         logger.info(
             "ablation: %s IoU real %s", variant.name, results["variants"][variant.name]["iou"]
         )
+    results["realism_transfer"] = realism_transfer(results["variants"])
     fitted = [
         v["train_data"]["native_snr_train"]
         for v in results["variants"].values()
@@ -522,6 +616,72 @@ def _run(
     return {**run, "reused": False}
 
 
+def _realism(
+    opts: AblationOptions,
+    variant: Variant,
+    data: AblationData,
+    made: list[Any],
+    real_train: list[Any],
+) -> dict[str, Any]:
+    """The variant's realism measures against the real train tiles: stored, or computed from
+    its train images (this run's, else rendered now) and stored."""
+    import torch
+
+    path = opts.realism_path(variant)
+    if path.exists():
+        logger.info("ablation: reusing %s", path)
+        return {**json.loads(path.read_text()), "reused": True}
+    render_s: float | None = None
+    if made:
+        adu, mask, _ = made[0][0]
+    else:
+        t0 = time.perf_counter()
+        adu, mask, _ = data.synthetic(variant, "train")
+        render_s = round(time.perf_counter() - t0, 2)
+    if not real_train:
+        real_train.append(data.real("train"))
+    _, x, m = real_train[0]
+    if not torch.equal(m, mask.cpu()):
+        raise RuntimeError(f"{variant.name}: the train masks differ from the real train tiles'")
+    t0 = time.perf_counter()
+    record = {
+        "variant": variant.name,
+        **realism_measures(x, adu, m, seed=opts.seed, settings=opts.domain),
+        "seconds": {"render": render_s, "measure": round(time.perf_counter() - t0, 2)},
+        "recipe": opts.realism_recipe(variant),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())
+    logger.info("ablation: %s realism %s", variant.name, record["measures"])
+    return {**record, "reused": False}
+
+
+def realism_transfer(variants: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per realism measure (:data:`synthesis.realism.MEASURES`): the Spearman rank
+    correlation across ``variants`` (``ablation()``'s, those with measures) between the
+    measure and the mean real-image IoU (``spearman``, None where undefined), the number of
+    ``variants``, and ``agrees``: rho <= :data:`AGREES_RHO` (None with fewer than
+    :data:`AGREES_MIN_VARIANTS` variants or rho undefined).
+
+    Example:
+        >>> v = {n: {"iou": {"mean": i}, "realism": {"measures": {"fg_cv": 1 - i}}}
+        ...      for n, i in (("a", 0.5), ("b", 0.7), ("c", 0.6))}
+        >>> realism_transfer(v)["fg_cv"]
+        {'spearman': -1.0, 'variants': 3, 'agrees': None}
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for measure in MEASURES:
+        pairs = [
+            (v["realism"]["measures"][measure], v["iou"]["mean"])
+            for v in variants.values()
+            if measure in (v.get("realism") or {}).get("measures", {})
+        ]
+        rho = spearman([p[0] for p in pairs], [p[1] for p in pairs])
+        verdict = None if rho is None or len(pairs) < AGREES_MIN_VARIANTS else rho <= AGREES_RHO
+        out[measure] = {"spearman": rho, "variants": len(pairs), "agrees": verdict}
+    return out
+
+
 def _summary(variant: Variant, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """A variant's runs, the mean and sample sd (ddof=1) of their scores, and their time."""
     out: dict[str, Any] = {
@@ -568,7 +728,9 @@ def _mean_sd(stat: dict[str, float | None]) -> str:
 def ablation_markdown(results: dict[str, Any]) -> str:
     """The table: per variant, the real-image IoU at native noise (mean ± sd over the
     training seeds), its difference from the variant's base (physics or naive), precision,
-    recall, the validation IoU on its own images, and the wall time of its runs."""
+    recall, the validation IoU on its own images, and the wall time of its runs; then, where
+    the results have them, the realism measures per variant and each measure's Spearman rho
+    against the real-image IoU (:func:`realism_transfer`)."""
     r = results["recipe"]
     variants = results["variants"]
     lines = [
@@ -604,4 +766,56 @@ def ablation_markdown(results: dict[str, Any]) -> str:
             f"Native SNR of the {native['tiles']} real train tiles (the `snr=real` rule): "
             f"min {q['0.0']:.1f}, median {q['0.5']:.1f}, max {q['1.0']:.1f}.",
         ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _realism_markdown(results)) + "\n"
+
+
+#: Column heads of the realism measures.
+_MEASURE_HEADS = {
+    "hist_w1_all": "hist W1 all",
+    "hist_w1_fg": "hist W1 fg",
+    "raps_log10": "RAPS log10",
+    "bg_fg_ratio": "bg/fg",
+    "fg_cv": "fg CV",
+    "domain_auc": "domain AUC",
+}
+
+
+def _realism_markdown(results: dict[str, Any]) -> list[str]:
+    """The realism section: each variant's measures, and each measure's Spearman rho against
+    the real-image IoU across the variants (nothing for results without measures)."""
+    measured = {n: v for n, v in results["variants"].items() if v.get("realism")}
+    if not measured:
+        return []
+    tiles = {v["realism"]["tiles"] for v in measured.values()}
+    lines = [
+        "",
+        "## Realism against transfer",
+        "",
+        "Realism measures between each variant's train images (what its U-Nets train on) and "
+        f"the real train tiles at native noise ({', '.join(map(str, sorted(tiles)))} tiles, "
+        "the same masks; docs/definitions.md#realism): five paired distances (per tile, then "
+        "averaged) and the domain score (ROC AUC of a small CNN telling the two apart on "
+        "held-out images; 0.5: indistinguishable). Lower is more real for all six.",
+        "",
+        "| variant | IoU real | " + " | ".join(_MEASURE_HEADS[m] for m in MEASURES) + " |",
+        "|---|---:|" + "---:|" * len(MEASURES),
+    ]
+    for name, v in measured.items():
+        values = v["realism"]["measures"]
+        cells = [number_cell(values.get(m), 4) for m in MEASURES]
+        lines.append(f"| {name} | {_mean_sd(v['iou'])} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Spearman rank correlation across the variants between each measure and the mean "
+        "real-image IoU: a measure that predicts transfer correlates strongly negatively. It "
+        f"agrees with transfer when rho <= {AGREES_RHO} over at least {AGREES_MIN_VARIANTS} "
+        "variants (— : undefined, or too few variants).",
+        "",
+        "| measure | Spearman rho vs IoU real | variants | agrees with transfer |",
+        "|---|---:|---:|---|",
+    ]
+    for measure, c in results.get("realism_transfer", realism_transfer(measured)).items():
+        verdict = {True: "yes", False: "no", None: "—"}[c["agrees"]]
+        rho = "—" if c["spearman"] is None else f"{c['spearman']:+.2f}"
+        lines.append(f"| {_MEASURE_HEADS[measure]} | {rho} | {c['variants']} | {verdict} |")
+    return lines
