@@ -125,9 +125,7 @@ def test_train_snr_is_log_uniform_in_the_config_range_and_fixed_by_the_id(tmp_pa
     assert lo < hi and bool(((snr >= lo) & (snr <= hi * (1 + 1e-6))).all())
     u = (torch.log(snr / lo) / math.log(hi / lo)).numpy()
     assert stats.kstest(u, "uniform").pvalue > 0.001
-    assert torch.equal(
-        nucleus.target_snr(train, ids[10:20]), nucleus.target_snr(train, ids)[10:20]
-    )
+    assert torch.equal(nucleus.target_snr(train, ids[10:20]), nucleus.target_snr(train, ids)[10:20])
     val = SplitSpec("validation", "reference", "snr", 8.0, "validation")
     assert torch.equal(nucleus.target_snr(val, ids[:5]), snr[:5].float())
     test = SplitSpec("test", "reference", "snr", 8.0, "test")

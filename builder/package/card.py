@@ -377,6 +377,7 @@ def spread_cell(mean: Any, sd: Any, digits: int = 3) -> str:
 def _train_snr(configs: list[str]) -> str:
     """The SNR range of the ``train`` and ``validation`` rows of each config, e.g.
     ``er 8; nucleus 8–75``."""
+
     def span(lo: float, hi: float) -> str:
         return f"{lo:g}" if lo == hi else f"{lo:g}–{hi:g}"
 
