@@ -126,14 +126,11 @@ RENDER_SETTINGS: dict[str, RenderSettings] = {
     # pixel; 0.5-1.1 px covers pixel integration and mild defocus. Real foreground CV 0.22-0.59
     # (mostly between nuclei). Texture: real
     # within-nucleus variation is smooth (dome-shaped nuclei), so the texture is 2-5 px with
-    # 30-70 % of its variance at the coarse scale (was 0.7-2 px, 5-30 %): on the held-out
-    # test tiles that cut the synthetic-vs-real robustness gap from 6.2 / 3.3 / 1.7 to
-    # 3.8 / 2.0 / 0.6 (noise / SIB / SVB) at the same real-image IoU (benchmarks/fidelity.py).
-    # Background and haze: fitted by code on the train tiles (synthesis/render/fit.py,
-    # benchmarks/fit_renderer.py; docs/definitions.md#renderer-fit): real backgrounds are
-    # mostly darker than the former 3-15 % but vary far more (bright diffuse regions), and
-    # nuclei carry a wider halo. That cut the noise gap from 4.0 to 1.4 (SIB 1.5 -> 2.2,
-    # SVB 1.1 -> 0.3) and raised the real-image IoU at native noise from 0.663 to 0.723.
+    # 30-70 % of its variance at the coarse scale. Background and haze: fitted by code on the
+    # train tiles (synthesis/render/fit.py, benchmarks/fit_renderer.py;
+    # docs/definitions.md#renderer-fit): real backgrounds are mostly dark but vary strongly
+    # (bright diffuse regions), and nuclei carry a wide halo. What each component does to
+    # transfer, over seeds: benchmarks/RESULTS.md, "Fidelity over seeds".
     "nucleus": RenderSettings(
         gamma_shape=(15.0, 40.0),
         gamma_scale=(15.0, 45.0),
