@@ -225,6 +225,15 @@ def _variants() -> dict[str, Variant]:
             changes=build_snr + "; 8-bit export like the real files",
         )
     )
+    no_brightness = removed["brightness"]
+    out.append(
+        Variant(
+            "snr=build-brightness",
+            no_brightness,
+            snr="build",
+            changes=build_snr + "; " + _ranges(no_brightness, PHYSICS),
+        )
+    )
     out.append(Variant("naive", naive, base="naive", changes=_ranges(naive, PHYSICS)))
     for c in COMPONENTS:
         s = replace(naive, **{k: getattr(PHYSICS, k) for k in COMPONENTS[c]})
