@@ -17,17 +17,21 @@ The tiles are the fidelity run's (:mod:`builder.experiments.fidelity`): the sour
 with the same counts and seed. A variant's ``train`` and ``validation`` splits are made in
 memory the way the build makes them (:class:`builder.assembly.images.ConfigImages`): the
 renderer on the real masks and instance labels with each id's render seed, then the
-Poisson-Gaussian camera with each id's noise seed. ``physics`` therefore gives the bytes of
-the package's ``train`` split. For every training seed the reference U-Net
+Poisson-Gaussian camera with each id's noise seed. ``snr=build`` (the shipped settings and
+the build's own SNR draw) therefore gives the bytes of the package's ``train`` split;
+``physics`` is the same renderer with every train row at SNR 8, as the build made it before
+the SNR range (issue 27). For every training seed the reference U-Net
 (:func:`builder.assembly.reference.fit_reference`) is trained on the variant and scored on
 the real test tiles at their native noise: aggregate IoU, precision and recall.
 
-Train SNR rules: ``reference`` (every row at :data:`synthesis.levels.REFERENCE_SNR`, as the
-build) or ``real``: each row's SNR drawn from the native SNRs of the real *train* tiles
+Train SNR rules: ``reference`` (every row at :data:`synthesis.levels.REFERENCE_SNR`),
+``build`` (the build's draw, log-uniform in :data:`synthesis.levels.TRAIN_SNR`) or ``real``:
+each row's SNR drawn from the native SNRs of the real *train* tiles
 (measured as the build measures the real splits', :func:`synthesis.corruptions.real.native_snr`
 on each tile's own noise fit), by the empirical quantile function at a uniform seeded by the
 id, so the draws stay within the fitted range. Rows above the reference SNR get a camera
-gain (e-/ADU) scaled by ``(SNR / REFERENCE_SNR)^2``: their image spans the ADU range of the
+gain (e-/ADU) scaled by ``(SNR / REFERENCE_SNR)^2`` (:meth:`synthesis.levels.Camera.for_snr`,
+as in the build): their image spans the ADU range of the
 reference condition instead of saturating the ADC (the real train tiles reach SNR 165; at
 the shipped gain a physics render of BBBC038 masks saturates some pixels from SNR ~40, every
 row by SNR 80). The exposure solve counts the gain's rounding noise, so the SNR stays exact.
@@ -209,7 +213,7 @@ def _variants() -> dict[str, Variant]:
     removed = {c: replace(PHYSICS, **v) for c, v in COMPONENTS.items()}
     naive = replace(PHYSICS, **{k: v for c in COMPONENTS.values() for k, v in c.items()})
     real_snr = "train SNR drawn from the real train tiles' native SNR"
-    out = [Variant("physics", PHYSICS, changes="as shipped (RENDER_SETTINGS['nucleus'])")]
+    out = [Variant("physics", PHYSICS, changes="shipped settings, train at SNR 8")]
     for c, s in removed.items():
         name = "psf=naive" if c == "psf" else f"-{c}"
         out.append(Variant(name, s, changes=_ranges(s, PHYSICS)))
