@@ -7,6 +7,10 @@ error); when only one of the two is empty the score is 0.0.
 
 Robustness (``docs/definitions.md#normalisation-and-scores``) is ``100 * IoU(split) / IoU(reference)``.
 
+Consistency (:func:`consistency`) needs no ground truth: the IoU of a model's prediction on a
+degraded image against its own prediction on the same image undegraded (for real images
+that have no manual masks).
+
 :class:`SegmentationScores` accumulates over a whole split and reports both the aggregate
 scores (intersections and unions summed over every pixel of every image, which weights large
 structures more) and the mean of the per-image scores (every image counts the same).
@@ -22,6 +26,7 @@ from torch import Tensor
 __all__ = [
     "SegmentationScores",
     "check_logits",
+    "consistency",
     "dice",
     "iou",
     "iou_of_counts",
@@ -98,8 +103,10 @@ def logits_to_mask(logits: Tensor) -> Tensor:
     return logits[:, 1:2] > logits[:, 0:1]
 
 
-def _check_pair(pred: object, target: object) -> tuple[Tensor, Tensor]:
-    for name, value in (("pred", pred), ("target", target)):
+def _check_pair(
+    pred: object, target: object, names: tuple[str, str] = ("pred", "target")
+) -> tuple[Tensor, Tensor]:
+    for name, value in zip(names, (pred, target), strict=True):
         if not isinstance(value, Tensor):
             raise TypeError(f"{name} must be a bool torch.Tensor. Got {type(value).__name__}")
         if value.dtype != torch.bool:
@@ -112,7 +119,7 @@ def _check_pair(pred: object, target: object) -> tuple[Tensor, Tensor]:
             )
     if pred.shape != target.shape:
         raise ValueError(
-            f"pred and target must have the same shape. Got {tuple(pred.shape)} and {tuple(target.shape)}"
+            f"{names[0]} and {names[1]} must have the same shape. Got {tuple(pred.shape)} and {tuple(target.shape)}"
         )
     return pred, target
 
@@ -173,6 +180,42 @@ def dice(pred: Tensor, target: Tensor) -> Tensor:
     pred, target = _check_pair(pred, target)
     inter, n_pred, n_target = _counts(pred, target)
     return _ratio(2 * inter, n_pred + n_target)
+
+
+def consistency(pred_degraded: Tensor, pred_clean: Tensor) -> Tensor:
+    """Per-image consistency: the foreground IoU of a model's binary prediction on a degraded
+    image against its own binary prediction on the same image undegraded,
+    ``|D & C| / |D | C|``; 1.0 when both predictions are empty (as :func:`iou`). It needs no
+    ground truth: it measures how much the degradation changes the model's answer, not
+    whether the answer is right.
+
+    Args:
+        pred_degraded: bool ``(B, H, W)`` or ``(B, 1, H, W)`` prediction on the degraded images.
+        pred_clean: bool tensor of the same shape, the prediction on the clean images.
+
+    Returns:
+        ``(B,)`` float64 tensor in [0, 1].
+
+    Raises:
+        TypeError: non-tensor or non-bool input.
+        ValueError: shapes differ, or not ``(B, H, W)`` / ``(B, 1, H, W)``.
+
+    Example:
+        >>> d = torch.tensor([[[True, True], [False, False]], [[False, False], [False, False]]])
+        >>> c = torch.tensor([[[True, False], [False, False]], [[False, False], [False, False]]])
+        >>> consistency(d, c).tolist()
+        [0.5, 1.0]
+    """
+    pred_degraded, pred_clean = _check_pair(
+        pred_degraded, pred_clean, ("pred_degraded", "pred_clean")
+    )
+    shape = tuple(pred_degraded.shape)
+    if not (len(shape) == 3 or (len(shape) == 4 and shape[1] == 1)):
+        raise ValueError(
+            f"pred_degraded and pred_clean must have shape (B, H, W) or (B, 1, H, W). Got {shape}"
+        )
+    inter, n_degraded, n_clean = _counts(pred_degraded, pred_clean)
+    return _ratio(inter, n_degraded + n_clean - inter)
 
 
 def robustness(iou_split: float | Tensor, iou_reference: float | Tensor) -> float:
