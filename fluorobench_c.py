@@ -52,15 +52,22 @@ def _is_local(path: str | os.PathLike[str]) -> bool:
 def load(
     path: str | os.PathLike[str],
     config: str,
-    split: str,
+    split: str | None,
     *,
     streaming: bool = True,
     format: str | None = "numpy",
     revision: str | None = None,
     columns: Sequence[str] | None = None,
     **kwargs: Any,
-) -> datasets.IterableDataset | datasets.Dataset:
-    """Open one split of a FluoroBench-C package: a local folder or a Hub repo id.
+) -> (
+    datasets.IterableDataset
+    | datasets.Dataset
+    | datasets.IterableDatasetDict
+    | datasets.DatasetDict
+):
+    """Open one split of a FluoroBench-C package: a local folder or a Hub repo id; with
+    ``split=None``, every split of the config as a dict (one read of the package's card for
+    all of them, where a call per split reads it each time).
 
     Streams by default: a non-streaming ``load_dataset`` prepares every split of the config,
     while streaming reads only the split asked for. ``format="numpy"`` decodes images to

@@ -42,6 +42,41 @@ def test_evaluate_reference_model_end_to_end(small_package: Path, tmp_path: Path
     assert "results written to" in capsys.readouterr().out
 
 
+def test_evaluate_opens_the_package_once_and_scores_as_per_split(
+    small_package: Path, monkeypatch
+):
+    """One ``load_dataset`` call for every split of a config (each call parses the card's
+    YAML); the scores are the ones of opening each split on its own."""
+    import datasets
+
+    from builder.evaluation import scoring
+    from builder.evaluation.model_loading import load_model_spec, make_preprocess
+
+    calls = []
+    real_load = datasets.load_dataset
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("split"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", counting)
+    splits = ["snr_1", "sib_5", "svb_2"]
+    results = scoring.evaluate(str(small_package), "er", splits=splits, device="cpu")
+    assert calls == [None]  # every split (and "test") from one call
+    info = load_model_spec(None, str(small_package), "er", torch.device("cpu"))
+    for split in splits:
+        alone = scoring.evaluate_split(
+            str(small_package),
+            "er",
+            split,
+            info.model,
+            make_preprocess("zscore"),
+            device=torch.device("cpu"),
+        ).compute()
+        assert alone["iou"] == results["splits"][split]["iou"], split
+    assert calls[1:] == splits
+
+
 def test_build_ships_reference_results(small_package: Path):
     for config in ("er", "mito", "nucleus"):
         results = json.loads((small_package / "results" / f"{config}.json").read_text())

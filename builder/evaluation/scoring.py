@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +59,15 @@ def parse_attacks(items: list[str] | None) -> list[tuple[str, float]]:
     return out
 
 
+def open_splits(data: str, config: str) -> Mapping[str, Any]:
+    """Every split of ``config`` in a package (local folder or Hub repo), streamed with the
+    columns a model reads: one ``load_dataset`` call for all of them (each call parses the
+    card's YAML, which lists every split of every config)."""
+    import fluorobench_c
+
+    return fluorobench_c.load(data, config, None, columns=fluorobench_c.MODEL_COLUMNS)
+
+
 def _predictions(
     data: str,
     config: str,
@@ -69,15 +78,20 @@ def _predictions(
     device: torch.device,
     batch_size: int = 16,
     attack: tuple[str, float] | None = None,
+    opened: Mapping[str, Any] | None = None,
 ) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor]]:
     """``(ids, predicted foreground, true foreground)`` per batch of a streamed split (bool
-    ``(B, 1, H, W)`` on the CPU), optionally under a white-box attack on ``model``."""
+    ``(B, 1, H, W)`` on the CPU), optionally under a white-box attack on ``model``. The split
+    is taken from ``opened`` (:func:`open_splits` of ``data``) when given, else opened."""
     import torch
 
     import fluorobench_c
     from synthesis.rng import derive_seed
 
-    ds = fluorobench_c.load(data, config, split, columns=fluorobench_c.MODEL_COLUMNS)
+    if opened is not None:
+        ds = opened[split]
+    else:
+        ds = fluorobench_c.load(data, config, split, columns=fluorobench_c.MODEL_COLUMNS)
     loader = torch.utils.data.DataLoader(
         ds, batch_size=batch_size, collate_fn=fluorobench_c.collate
     )
@@ -115,14 +129,24 @@ def evaluate_split(
     batch_size: int = 16,
     attack: tuple[str, float] | None = None,
     progress: Callable[[int], object] | None = None,
+    opened: Mapping[str, Any] | None = None,
 ) -> SegmentationScores:
     """The accumulated scores of one split (streamed), optionally under a white-box attack on
-    ``model``; ``.compute()`` gives IoU, Dice and counts."""
+    ``model``; ``.compute()`` gives IoU, Dice and counts. ``opened``: the config's splits
+    from :func:`open_splits` (else the split is opened here)."""
     from synthesis.metrics import SegmentationScores
 
     scores = SegmentationScores()
     for ids, pred, mask in _predictions(
-        data, config, split, model, preprocess, device=device, batch_size=batch_size, attack=attack
+        data,
+        config,
+        split,
+        model,
+        preprocess,
+        device=device,
+        batch_size=batch_size,
+        attack=attack,
+        opened=opened,
     ):
         scores.update(pred, mask)
         if progress:
@@ -139,14 +163,22 @@ def per_image_counts(
     *,
     device: torch.device,
     batch_size: int = 16,
+    opened: Mapping[str, Any] | None = None,
 ) -> dict[str, tuple[int, int, int, int]]:
     """``id -> (intersection, union, predicted, true)`` pixel counts of the model's foreground
     and the mask, per image of a streamed split: the counts from which the IoU, precision and
     recall of any subset of ids are exact (the fidelity score compares splits on the ids
-    they share)."""
+    they share). ``opened``: the config's splits from :func:`open_splits`."""
     out: dict[str, tuple[int, int, int, int]] = {}
     for ids, pred, mask in _predictions(
-        data, config, split, model, preprocess, device=device, batch_size=batch_size
+        data,
+        config,
+        split,
+        model,
+        preprocess,
+        device=device,
+        batch_size=batch_size,
+        opened=opened,
     ):
         out.update(counts_of(ids, pred, mask))
     return out
@@ -269,7 +301,10 @@ def evaluate(
     from synthesis.metrics import SegmentationScores
 
     counts = torch.zeros(len(jobs), len(SegmentationScores.STATE), dtype=torch.float64)
+    opened: Mapping[str, Any] | None = None
     for index in ctx.queue(f"evaluate/{config}", len(jobs)):
+        if opened is None:  # opened once, by the first job this rank takes
+            opened = open_splits(data, config)
         name, split, attack = jobs[index]
         factory = (progress if ctx.is_main else None) or no_progress
         bar = factory(None, f"{config} {name}")
@@ -283,6 +318,7 @@ def evaluate(
             batch_size=batch_size,
             attack=attack,
             progress=bar.update,
+            opened=opened,
         )
         bar.close()
         counts[index] = torch.tensor(scores.state(), dtype=torch.float64)

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 from builder.assembly import BuildOptions, build
 from builder.assembly.options import RENDERERS
 from builder.assembly.reference import fit_reference, read_split
-from builder.evaluation.scoring import per_image_counts
+from builder.evaluation.scoring import open_splits, per_image_counts
 from builder.package.card import number_cell, spread_cell
 from synthesis.metrics import iou_of_counts
 from synthesis.normalize import zscore
@@ -373,8 +373,11 @@ def score(
     names = [s for s in splits if s not in ("train", "validation")]
     bar = (progress or no_progress)(len(names), f"{config} {pkg.name}: scoring", "split")
     counts: dict[str, Counts] = {}
+    opened = open_splits(str(pkg), config)
     for s in names:
-        counts[s] = per_image_counts(str(pkg), config, s, model, zscore, device=device)
+        counts[s] = per_image_counts(
+            str(pkg), config, s, model, zscore, device=device, opened=opened
+        )
         bar.update(1)
     bar.close()
     return {
@@ -694,8 +697,9 @@ def _score_real(
 ) -> dict[str, Any]:
     """The real-trained U-Net's scores on the real tiles of ``pkg``: at native noise
     (``real``) and at the reference SNR (``real_snr_8``)."""
+    opened = open_splits(str(pkg), config)
     counts = {
-        s: per_image_counts(str(pkg), config, s, model, zscore, device=device, batch_size=16)
+        s: per_image_counts(str(pkg), config, s, model, zscore, device=device, opened=opened)
         for s in ("real", "real_snr_8")
     }
     return {
