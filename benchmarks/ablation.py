@@ -9,7 +9,8 @@ wall time of each variant and the machine.
         [--out out/ablation] [--json]
 
 Per variant, once, the realism measures of its train images against the real train tiles
-(``synthesis.realism``: five distances and the domain score) and, per measure, the Spearman
+(``synthesis.realism``: five distances, the domain score, and the feature distance in a U-Net
+trained on the real train tiles) and, per measure, the Spearman
 correlation across the variants with the real-image IoU: which measures agree with transfer.
 
 Variants by name or file name (``-texture`` or ``no-texture``; a name starting with ``-``

@@ -9,10 +9,15 @@ Two kinds (definitions: ``docs/definitions.md#realism``):
 - the **domain score** (:func:`domain_score`): the ROC AUC of a small CNN trained to tell
   real from rendered images, each z-scored per image as the U-Net sees it
   (:func:`synthesis.normalize.zscore`), on held-out images (2-fold). 0.5: indistinguishable;
-  1: perfectly separable.
+  1: perfectly separable;
+- the **feature distance** (:func:`feature_distance`): the Fréchet distance between real and
+  rendered pixels in the per-pixel features of a segmentation network trained on real images
+  (the reference U-Net's last decoder block, :meth:`synthesis.models.unet.UNet.features`),
+  per class (foreground, background) at the same pixels of the same masks, averaged: how
+  differently a network that knows real nuclei sees the renders.
 
-:func:`realism_measures` gives all six (:data:`MEASURES`); every one is a distance (lower is
-more real). :func:`spearman` (average ranks for ties) is the rank correlation the renderer
+:func:`realism_measures` gives all of them (:data:`MEASURES`; the feature distance only when
+a feature network is given); every one is a distance (lower is more real). :func:`spearman` (average ranks for ties) is the rank correlation the renderer
 ablation (``builder/experiments/ablation.py``) uses to say which measure agrees with transfer.
 ``benchmarks/realism.py`` and the ablation both use these definitions.
 """
@@ -36,6 +41,8 @@ __all__ = [
     "average_ranks",
     "distances",
     "domain_score",
+    "feature_distance",
+    "frechet_distance",
     "mean_distances",
     "normalise_levels",
     "rank_auc",
@@ -47,7 +54,11 @@ __all__ = [
 #: The five paired distances, in the order of :func:`distances`.
 DISTANCES: tuple[str, ...] = ("hist_w1_all", "hist_w1_fg", "raps_log10", "bg_fg_ratio", "fg_cv")
 #: Every measure of :func:`realism_measures` (all distances: lower is more real).
-MEASURES: tuple[str, ...] = (*DISTANCES, "domain_auc")
+MEASURES: tuple[str, ...] = (*DISTANCES, "domain_auc", "feature_fd")
+
+#: Pixels per class sampled (seeded, the same positions in the real and rendered image) for
+#: :func:`feature_distance`.
+FEATURE_PIXELS = 20000
 
 #: Percentile of the background taken as the offset by :func:`normalise_levels`.
 OFFSET_PERCENTILE = 0.5
@@ -363,6 +374,100 @@ def domain_score(
     }
 
 
+# ----------------------------------------------------------------------------- feature distance
+
+
+def frechet_distance(a: Tensor, b: Tensor) -> float:
+    """The Fréchet distance between Gaussians fitted to the rows of ``a`` ``(N, D)`` and ``b``
+    ``(M, D)``: ``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2)`` (float64;
+    the covariances are the sample ones, N - 1; negative eigenvalues and a negative total
+    from round-off are clipped to 0).
+
+    Examples:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(4000, 2, generator=g, dtype=torch.float64)
+        >>> round(frechet_distance(x, x), 6)
+        0.0
+        >>> round(frechet_distance(x, x + torch.tensor([3.0, 4.0], dtype=torch.float64)), 6)
+        25.0
+    """
+    for name, x in (("a", a), ("b", b)):
+        if x.dim() != 2 or x.shape[0] < 2:
+            raise ValueError(f"{name} must have shape (N >= 2, D). Got {tuple(x.shape)}")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"a and b must share D. Got {a.shape[1]} and {b.shape[1]}")
+    a, b = a.double(), b.double()
+    mu = a.mean(0) - b.mean(0)
+    sa, sb = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
+    ev, vec = torch.linalg.eigh(sa)
+    root_a = vec @ torch.diag(ev.clamp(min=0).sqrt()) @ vec.T
+    cross = torch.linalg.eigvalsh(root_a @ sb @ root_a).clamp(min=0).sqrt().sum()
+    # At least 0, which round-off can undershoot for equal inputs.
+    return max(0.0, float(mu @ mu + torch.trace(sa) + torch.trace(sb) - 2 * cross))
+
+
+def feature_distance(
+    network: nn.Module,
+    real: Tensor,
+    synthetic: Tensor,
+    masks: Tensor,
+    *,
+    seed: int,
+    pixels: int = FEATURE_PIXELS,
+    batch: int = 8,
+) -> dict[str, Any]:
+    """How differently ``network`` (a module with ``features(x) -> (B, C, H, W)``, such as
+    the reference U-Net trained on real images) sees ``synthetic`` and ``real``
+    ``(N, 1, H, W)`` images of the same ``masks``: per class (foreground, background), the
+    :func:`frechet_distance` between the features of the real and the rendered pixels, at up
+    to ``pixels`` positions of that class drawn by a seeded generator (the same positions in
+    both images); ``fd`` is the mean of the two. Each image is z-scored
+    (:func:`synthesis.normalize.zscore`) as the network sees it; runs on the CPU on
+    :data:`THREADS` torch thread in eval mode (the network's mode is restored).
+
+    Raises:
+        TypeError, ValueError: not float ``(N, 1, H, W)`` images of one shape, or masks of
+            another shape, or a class with fewer than 2 pixels.
+    """
+    from synthesis.normalize import zscore
+    from synthesis.thread_invariant import threads
+
+    _check_pair(real, synthetic)
+    if real.shape != synthetic.shape or masks.shape != real.shape:
+        raise ValueError(
+            "real, synthetic and masks must have one shape. Got "
+            f"{tuple(real.shape)}, {tuple(synthetic.shape)}, {tuple(masks.shape)}"
+        )
+    m = masks.detach().to("cpu", torch.bool).flatten()
+    gen = torch.Generator().manual_seed(int(seed))
+    picks = {}
+    for name, where in (("foreground", m), ("background", ~m)):
+        idx = where.nonzero()[:, 0]
+        if idx.numel() < 2:
+            raise ValueError(f"feature_distance needs >= 2 {name} pixels. Got {idx.numel()}")
+        picks[name] = idx[torch.randperm(idx.numel(), generator=gen)[:pixels]].sort().values
+    was_training = network.training
+    network.eval()
+    feats = []
+    try:
+        with threads(THREADS), torch.no_grad():
+            for x in (real, synthetic):
+                z = zscore(x.detach().to("cpu", torch.float32))
+                f = torch.cat([network.features(z[i : i + batch]) for i in range(0, len(z), batch)])
+                feats.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
+    finally:
+        network.train(was_training)
+    per_class = {
+        name: frechet_distance(feats[0][idx], feats[1][idx]) for name, idx in picks.items()
+    }
+    return {
+        "fd": math.fsum(per_class.values()) / len(per_class),
+        **{f"fd_{name}": v for name, v in per_class.items()},
+        "pixels": {name: int(idx.numel()) for name, idx in picks.items()},
+        "seed": int(seed),
+    }
+
+
 def realism_measures(
     real: Tensor,
     synthetic: Tensor,
@@ -370,15 +475,18 @@ def realism_measures(
     *,
     seed: int,
     settings: DomainSettings = DOMAIN,
+    network: nn.Module | None = None,
 ) -> dict[str, Any]:
-    """The six measures (:data:`MEASURES`) between ``real`` and ``synthetic`` ``(N, 1, H, W)``
-    images of the same ``masks``: the :func:`mean_distances` and the domain score's AUC
-    (``domain_auc``), with ``tiles`` (pairs the distances averaged) and ``domain`` (the whole
-    :func:`domain_score` result)."""
+    """The measures (:data:`MEASURES`) between ``real`` and ``synthetic`` ``(N, 1, H, W)``
+    images of the same ``masks``: the :func:`mean_distances`, the domain score's AUC
+    (``domain_auc``) and, when a feature ``network`` is given, the :func:`feature_distance`
+    (``feature_fd``); with ``tiles`` (pairs the distances averaged), ``domain`` (the whole
+    :func:`domain_score` result) and ``features`` (the whole feature distance, or None)."""
     dist = mean_distances(real, synthetic, masks)
     domain = domain_score(real, synthetic, seed=seed, settings=settings)
-    return {
-        "measures": {**{k: dist[k] for k in DISTANCES}, "domain_auc": domain["auc"]},
-        "tiles": dist["tiles"],
-        "domain": domain,
-    }
+    measures = {**{k: dist[k] for k in DISTANCES}, "domain_auc": domain["auc"]}
+    features = None
+    if network is not None:
+        features = feature_distance(network, real, synthetic, masks, seed=seed)
+        measures["feature_fd"] = features["fd"]
+    return {"measures": measures, "tiles": dist["tiles"], "domain": domain, "features": features}

@@ -202,9 +202,13 @@ def test_resumed_run_trains_nothing(discs, tmp_path, monkeypatch):
     )
     first = ab.ablation(opts)
     ab.write_ablation_reports(opts.out, first)
-    models = sorted((opts.out / "models").glob("*.safetensors"))
+    models = sorted((opts.out / "models").glob("*-seed*.safetensors"))
     assert [p.name.split("-seed")[0] for p in models[::2]] == ["naive-shipped", "snr-real"]
-    assert len(models) == 4 and all(p.with_suffix(".json").exists() for p in models)
+    # The feature network of the realism measures: trained once, on the real train tiles.
+    features = opts.features_path()
+    assert sorted((opts.out / "models").glob("real-features-*.safetensors")) == [features]
+    models.append(features)
+    assert len(models) == 5 and all(p.with_suffix(".json").exists() for p in models[:4])
     stamps = [p.stat().st_mtime_ns for p in models]
     for name, v in first["variants"].items():
         assert [r["seed"] for r in v["runs"]] == [0, 1] and not any(r["reused"] for r in v["runs"])
@@ -220,6 +224,7 @@ def test_resumed_run_trains_nothing(discs, tmp_path, monkeypatch):
         r = v["realism"]
         assert list(r["measures"]) == list(MEASURES) and r["tiles"] == 4, name
         assert not r["reused"] and r["domain"]["settings"]["steps"] == 10
+        assert r["measures"]["feature_fd"] == r["features"]["fd"] > 0
         assert opts.realism_path(ab.variant_by_name(name)).exists()
     assert first["realism_transfer"].keys() == set(MEASURES)
     assert all(
@@ -244,6 +249,7 @@ def test_resumed_run_trains_nothing(discs, tmp_path, monkeypatch):
     assert md == ab.ablation_markdown(first)
     assert "| snr=real |" in md and "| naive (shipped) |" in md
     assert "## Realism against transfer" in md and "| domain AUC | " in md
+    assert "| feature FD | " in md
     assert json.loads((opts.out / "ablation.json").read_text())["variants"].keys() == set(
         opts.variants
     )

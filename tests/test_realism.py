@@ -156,10 +156,61 @@ def test_domain_score_checks_its_inputs():
         rz.domain_score(x.long(), x, seed=0, settings=SMALL)
 
 
-def test_realism_measures_gives_all_six():
+def test_realism_measures_gives_all_of_them():
+    from synthesis.models.unet import UNet
+
     a, b = _blobs(8, 1), _blobs(8, 3, texture=0.3)
     masks = a > a.mean()
-    r = rz.realism_measures(a, b, masks, seed=1, settings=rz.DomainSettings(crop=32, steps=5))
-    assert list(r["measures"]) == list(rz.MEASURES) and r["tiles"] == 8
+    small = rz.DomainSettings(crop=32, steps=5)
+    r = rz.realism_measures(a, b, masks, seed=1, settings=small)
+    assert list(r["measures"]) == [m for m in rz.MEASURES if m != "feature_fd"]
+    assert r["tiles"] == 8 and r["features"] is None
     assert r["measures"]["domain_auc"] == r["domain"]["auc"]
     assert all(math.isfinite(v) and v >= 0 for v in r["measures"].values())
+    net = UNet(base_channels=4, depth=2, seed=0)
+    r = rz.realism_measures(a, b, masks, seed=1, settings=small, network=net)
+    assert list(r["measures"]) == list(rz.MEASURES)
+    assert r["measures"]["feature_fd"] == r["features"]["fd"] > 0
+
+
+def test_frechet_distance_of_gaussians_matches_theory():
+    """Between N(m1, S1) and N(m2, S2): |m1 - m2|^2 + tr(S1 + S2 - 2 (S1 S2)^1/2). For
+    diagonal covariances diag(1, 4) and diag(9, 1), means 0 and (1, 2): 5 + (1 + 4 + 9 + 1)
+    - 2 (3 + 2) = 10; within 5% for 200 000 samples."""
+    g = torch.Generator().manual_seed(3)
+    n = 200_000
+    a = torch.randn(n, 2, generator=g, dtype=torch.float64) * torch.tensor([1.0, 2.0])
+    b = torch.randn(n, 2, generator=g, dtype=torch.float64) * torch.tensor([3.0, 1.0])
+    b = b + torch.tensor([1.0, 2.0])
+    assert rz.frechet_distance(a, b) == pytest.approx(10.0, rel=0.05)
+    # A rotation of both (the distance is invariant to it) gives the same value.
+    rot = torch.tensor([[0.6, -0.8], [0.8, 0.6]], dtype=torch.float64)
+    assert rz.frechet_distance(a @ rot, b @ rot) == pytest.approx(rz.frechet_distance(a, b))
+    with pytest.raises(ValueError, match="share D"):
+        rz.frechet_distance(a, b[:, :1])
+    with pytest.raises(ValueError, match="N >= 2"):
+        rz.frechet_distance(a[:1], b)
+
+
+def test_feature_distance_is_zero_for_the_same_images_and_grows_with_a_change():
+    """The same images: 0 up to round-off (the same pixels of the same features); images that differ in
+    texture: > 0, and more for a larger change. Seeded (same value twice); the network's
+    mode is restored; it sees z-scored images, so a gain and offset change nothing."""
+    from synthesis.models.unet import UNet
+
+    net = UNet(base_channels=4, depth=2, seed=0).train()
+    a = _blobs(6, 1)
+    masks = a > a.mean()
+    same = rz.feature_distance(net, a, a, masks, seed=0)
+    assert net.training
+    assert same["fd"] < 1e-9 and same["pixels"]["foreground"] > 100
+    assert rz.feature_distance(net, a, 3 * a + 7, masks, seed=0)["fd"] < 1e-6
+    small = rz.feature_distance(net, a, _blobs(6, 1, texture=0.1), masks, seed=0)
+    large = rz.feature_distance(net, a, _blobs(6, 1, texture=0.6), masks, seed=0)
+    assert 0 < small["fd"] < large["fd"]
+    assert rz.feature_distance(net, a, _blobs(6, 1, texture=0.1), masks, seed=0) == small
+    assert small["fd"] == pytest.approx((small["fd_foreground"] + small["fd_background"]) / 2)
+    with pytest.raises(ValueError, match="one shape"):
+        rz.feature_distance(net, a, a, masks[:3], seed=0)
+    with pytest.raises(ValueError, match="foreground"):
+        rz.feature_distance(net, a, a, torch.zeros_like(masks), seed=0)

@@ -36,10 +36,12 @@ reference condition instead of saturating the ADC (the real train tiles reach SN
 the shipped gain a physics render of BBBC038 masks saturates some pixels from SNR ~40, every
 row by SNR 80). The exposure solve counts the gain's rounding noise, so the SNR stays exact.
 
-Realism against transfer: per variant, once (not per training seed), the six realism
-measures of :mod:`synthesis.realism` (five paired distances and the domain score) between
-the variant's train ADU images, the ones its U-Nets train on, and the real train tiles at
-native noise (the same masks); and, per measure, the Spearman rank correlation across the
+Realism against transfer: per variant, once (not per training seed), the seven realism
+measures of :mod:`synthesis.realism` (five paired distances, the domain score, and the
+feature distance in a U-Net trained on the real train tiles: the reference recipe, training
+seed 0, saved as ``models/real-features-<hash>.safetensors``) between the variant's train
+ADU images, the ones its U-Nets train on, and the real train tiles at native noise (the
+same masks); and, per measure, the Spearman rank correlation across the
 variants between the measure (lower: more real) and the variant's mean real-image IoU
 (:func:`realism_transfer`). A measure that predicts transfer correlates strongly
 negatively; it *agrees with transfer* when rho <= :data:`AGREES_RHO` over at least
@@ -72,7 +74,14 @@ from builder.experiments.fidelity import split_scores
 from builder.package.card import number_cell
 from synthesis.corruptions.noise import DEFAULT_CAMERA
 from synthesis.levels import REFERENCE_SNR
-from synthesis.realism import DOMAIN, MEASURES, DomainSettings, realism_measures, spearman
+from synthesis.realism import (
+    DOMAIN,
+    FEATURE_PIXELS,
+    MEASURES,
+    DomainSettings,
+    realism_measures,
+    spearman,
+)
 from synthesis.render.naive import NAIVE_PSF_PX
 from synthesis.render.physics import RENDER_SETTINGS, RenderSettings
 from synthesis.rng import derive_seed
@@ -150,7 +159,7 @@ AGREES_MIN_VARIANTS = 5
 
 #: Version of the realism measures' definitions, in their cache key: bump it when
 #: :mod:`synthesis.realism` changes a value.
-REALISM_VERSION = 1
+REALISM_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -318,15 +327,40 @@ class AblationOptions:
         digest = hashlib.sha256(key).hexdigest()[:12]
         return self.out / "models" / f"{variant.slug}-seed{seed}-{digest}.safetensors"
 
+    def features_recipe(self) -> dict[str, Any]:
+        """Everything the feature network (the reference U-Net trained on the real train
+        tiles, training seed 0) depends on."""
+        return {
+            "config": CONFIG,
+            "source": str(Path(self.source).resolve()),
+            "counts": self.counts(),
+            "seed": self.seed,
+            "epochs": self.epochs,
+            "training_seed": 0,
+            "reference_training": asdict(REFERENCE),
+            "variant": "real",
+        }
+
+    def features_path(self) -> Path:
+        """``models/real-features-<hash>.safetensors``: the feature network."""
+        key = json.dumps(self.features_recipe(), sort_keys=True).encode()
+        digest = hashlib.sha256(key).hexdigest()[:12]
+        return self.out / "models" / f"real-features-{digest}.safetensors"
+
     def realism_recipe(self, variant: Variant) -> dict[str, Any]:
-        """Everything a variant's realism measures depend on (no training setting)."""
+        """Everything a variant's realism measures depend on (no training setting of the
+        variant's own U-Nets)."""
         return {
             "config": CONFIG,
             "source": str(Path(self.source).resolve()),
             "counts": self.counts(),
             "seed": self.seed,
             "variant": variant.recipe(),
-            "measures": {"version": REALISM_VERSION, "domain": asdict(self.domain)},
+            "measures": {
+                "version": REALISM_VERSION,
+                "domain": asdict(self.domain),
+                "features": {"network": self.features_recipe(), "pixels": FEATURE_PIXELS},
+            },
         }
 
     def realism_path(self, variant: Variant) -> Path:
@@ -523,6 +557,7 @@ def ablation(opts: AblationOptions, *, progress: ProgressFactory | None = None) 
     data = AblationData(opts, device)
     test: list[Any] = []  # the real test tiles, loaded once when a run needs scoring
     real_train: list[Any] = []  # the real train tiles, loaded once when a measure needs them
+    network: list[Any] = []  # the feature network, trained or loaded once when needed
     results: dict[str, Any] = {
         "config": CONFIG,
         "source": str(opts.source),
@@ -544,7 +579,7 @@ def ablation(opts: AblationOptions, *, progress: ProgressFactory | None = None) 
             runs.append(_run(opts, variant, seed, data, made, test, device, progress))
         results["variants"][variant.name] = _summary(variant, runs)
         results["variants"][variant.name]["realism"] = _realism(
-            opts, variant, data, made, real_train
+            opts, variant, data, made, real_train, network, device, progress
         )
         logger.info(
             "ablation: %s IoU real %s", variant.name, results["variants"][variant.name]["iou"]
@@ -632,12 +667,53 @@ def _run(
     return {**run, "reused": False}
 
 
+def _feature_network(
+    opts: AblationOptions,
+    data: AblationData,
+    real_train: list[Any],
+    device: torch.device,
+    progress: ProgressFactory | None,
+) -> torch.nn.Module:
+    """The reference U-Net trained on the real train tiles (validation: the real validation
+    tiles), training seed 0: loaded from :meth:`AblationOptions.features_path`, or trained
+    and saved there. On the CPU (the feature distance runs there)."""
+    from synthesis.models.unet import load_model
+
+    path = opts.features_path()
+    if not path.exists():
+        if not real_train:
+            real_train.append(data.real("train"))
+        _, tx, tm = real_train[0]
+        _, vx, vm = data.real("validation")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        fit_reference(
+            tx,
+            tm,
+            vx,
+            vm,
+            path=path,
+            config=CONFIG,
+            seed=0,
+            device=device,
+            epochs=opts.epochs,
+            progress=progress,
+            extra={"seed": 0, "ablation_features": opts.features_recipe()},
+        )
+        logger.info("ablation: trained the feature network in %.0f s", time.perf_counter() - t0)
+    model, _ = load_model(path, device="cpu")
+    return model.eval()
+
+
 def _realism(
     opts: AblationOptions,
     variant: Variant,
     data: AblationData,
     made: list[Any],
     real_train: list[Any],
+    network: list[Any],
+    device: torch.device,
+    progress: ProgressFactory | None,
 ) -> dict[str, Any]:
     """The variant's realism measures against the real train tiles: stored, or computed from
     its train images (this run's, else rendered now) and stored."""
@@ -659,10 +735,12 @@ def _realism(
     _, x, m = real_train[0]
     if not torch.equal(m, mask.cpu()):
         raise RuntimeError(f"{variant.name}: the train masks differ from the real train tiles'")
+    if not network:
+        network.append(_feature_network(opts, data, real_train, device, progress))
     t0 = time.perf_counter()
     record = {
         "variant": variant.name,
-        **realism_measures(x, adu, m, seed=opts.seed, settings=opts.domain),
+        **realism_measures(x, adu, m, seed=opts.seed, settings=opts.domain, network=network[0]),
         "seconds": {"render": render_s, "measure": round(time.perf_counter() - t0, 2)},
         "recipe": opts.realism_recipe(variant),
     }
@@ -793,6 +871,7 @@ _MEASURE_HEADS = {
     "bg_fg_ratio": "bg/fg",
     "fg_cv": "fg CV",
     "domain_auc": "domain AUC",
+    "feature_fd": "feature FD",
 }
 
 
@@ -810,8 +889,10 @@ def _realism_markdown(results: dict[str, Any]) -> list[str]:
         "Realism measures between each variant's train images (what its U-Nets train on) and "
         f"the real train tiles at native noise ({', '.join(map(str, sorted(tiles)))} tiles, "
         "the same masks; docs/definitions.md#realism): five paired distances (per tile, then "
-        "averaged) and the domain score (ROC AUC of a small CNN telling the two apart on "
-        "held-out images; 0.5: indistinguishable). Lower is more real for all six.",
+        "averaged), the domain score (ROC AUC of a small CNN telling the two apart on "
+        "held-out images; 0.5: indistinguishable) and the feature distance (Fréchet distance "
+        "of foreground and of background pixels in the features of a U-Net trained on the "
+        "real train tiles, averaged). Lower is more real for all.",
         "",
         "| variant | IoU real | " + " | ".join(_MEASURE_HEADS[m] for m in MEASURES) + " |",
         "|---|---:|" + "---:|" * len(MEASURES),

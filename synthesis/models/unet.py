@@ -151,6 +151,22 @@ class UNet(
         Raises:
             ValueError: wrong number of dimensions or channels.
         """
+        h, w = x.shape[-2:] if x.dim() == 4 else (0, 0)
+        return self._head(self._decode(x))[..., :h, :w]
+
+    def features(self, x: Tensor) -> Tensor:
+        """The last decoder block's output ``(B, base_channels, H, W)``: the per-pixel
+        features the 1x1 head turns into logits (``forward`` is the head of these).
+
+        Raises:
+            ValueError: wrong number of dimensions or channels.
+        """
+        h, w = x.shape[-2:] if x.dim() == 4 else (0, 0)
+        return self._decode(x)[..., :h, :w]
+
+    def _decode(self, x: Tensor) -> Tensor:
+        """The last decoder block's output on ``x`` padded to a multiple of the depth's
+        stride (replicate padding; the caller crops)."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"UNet input must have shape (B, {self.in_channels}, H, W). Got {tuple(x.shape)}"
@@ -169,7 +185,7 @@ class UNet(
         skips.pop()
         for up, merge in zip(self.up, self.merge, strict=True):
             x = merge(torch.cat([skips.pop(), up(x)], dim=1))
-        return self._head(x)[..., :h, :w]
+        return x
 
     def _head(self, x: Tensor) -> Tensor:
         # The 1x1 head by fixed-order sums: oneDNN's gives other bits at other thread counts.
