@@ -42,9 +42,7 @@ def test_evaluate_reference_model_end_to_end(small_package: Path, tmp_path: Path
     assert "results written to" in capsys.readouterr().out
 
 
-def test_evaluate_opens_the_package_once_and_scores_as_per_split(
-    small_package: Path, monkeypatch
-):
+def test_evaluate_opens_the_package_once_and_scores_as_per_split(small_package: Path, monkeypatch):
     """One ``load_dataset`` call for every split of a config (each call parses the card's
     YAML); the scores are the ones of opening each split on its own."""
     import datasets
