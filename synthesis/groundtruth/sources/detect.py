@@ -8,6 +8,7 @@ from synthesis.groundtruth.masks import STRUCTURES
 from synthesis.groundtruth.sources.base import SPLITS, Source, SourceError
 from synthesis.groundtruth.sources.bbbc038 import BBBC038Source, _is_bbbc038_entry
 from synthesis.groundtruth.sources.folder import FolderSource
+from synthesis.groundtruth.sources.images_only import ImagesOnlySource
 from synthesis.groundtruth.sources.luo import LuoSource
 from synthesis.groundtruth.sources.procedural import ProceduralSource
 from synthesis.groundtruth.sources.tiled import _TiledSource
@@ -24,7 +25,8 @@ def open_source(
 
     Args:
         source: ``"procedural"``; a BBBC038 ``stage1_train`` folder (or its parent) or zip; a
-            Luo pair-list file or folder of lists; a folder with ``images/`` and ``masks/``.
+            Luo pair-list file or folder of lists; a folder with ``images/`` and ``masks/``;
+            a folder with ``images/`` and no ``masks/`` (pseudo-masks).
         structure: ``"er"``, ``"mito"`` or ``"nucleus"``.
         seed: build seed (procedural masks; real sources do not depend on it).
         counts: images per split (procedural: required; real: caps, 0/None = all).
@@ -53,6 +55,8 @@ def open_source(
         src = LuoSource([path], path, structure, counts=counts)
     elif (path / "images").is_dir() and (path / "masks").is_dir():
         src = FolderSource(path, structure, counts=counts)
+    elif (path / "images").is_dir() and not (path / "masks").exists():
+        src = ImagesOnlySource(path, structure, counts=counts)
     elif (path / "stage1_train").is_dir():
         src = BBBC038Source(path / "stage1_train", structure, counts=counts)
     elif any(_is_bbbc038_entry(d) for d in path.iterdir()):
@@ -61,8 +65,9 @@ def open_source(
         src = LuoSource(sorted(path.glob("*.txt")), path, structure, counts=counts)
     else:
         raise SourceError(
-            f"cannot tell what {path} holds: expected images/ and masks/ folders, a BBBC038 "
-            f"stage1_train folder or zip, or Luo pair lists (*.txt). Got {_listing(path)}"
+            f"cannot tell what {path} holds: expected images/ and masks/ folders, an images/ "
+            "folder alone (pseudo-masks), a BBBC038 stage1_train folder or zip, or Luo pair "
+            f"lists (*.txt). Got {_listing(path)}"
         )
     src.scan()
     return src

@@ -25,6 +25,7 @@ from synthesis.groundtruth.sources.base import (
     Source,
     SourceError,
     _check_split,
+    assign_split,
     tile_origins,
 )
 from synthesis.groundtruth.sources.readers import (
@@ -59,6 +60,7 @@ class _Tile:
     pair: _Pair
     y: int
     x: int
+    split: str = ""  # the tile's own split (sources that split by tile); else its pair's
 
 
 class _TiledSource(Source):
@@ -67,6 +69,7 @@ class _TiledSource(Source):
     kind = "real"
     has_real_images = True
     _list_splits = False  # True where the source's own lists fix the splits
+    _tile_splits = False  # True where each tile's id fixes its split (not its image's)
     _CACHE = 8  # decoded images kept for load(): the tiles of one image are consecutive
 
     def __init__(self, root: Path, structure: str, *, counts: dict[str, int | None]) -> None:
@@ -92,6 +95,11 @@ class _TiledSource(Source):
     def _provenance(self, tile: _Tile) -> str:
         return f"{self.kind}:{tile.pair.key}#tile={tile.y},{tile.x}"
 
+    def _mask_meta(self, pair: _Pair) -> dict[str, Any]:
+        """What an item's ``meta`` says of its mask: the mask file(s) it was read from."""
+        masks = pair.masks
+        return {"mask_files": len(masks) if len(masks) > 1 else self._rel(masks[0])}
+
     # -- Source
     def scan(self) -> None:
         """Read and check every image of every split (within the caps); index the tiles."""
@@ -105,6 +113,10 @@ class _TiledSource(Source):
                     f"two images map to the id {p.key!r}: {keys[p.key]} and {p.display}"
                 )
             keys[p.key] = p.display
+        if self._tile_splits:
+            self._ids = self._scan_by_tile(pairs)
+            self._log_counts()
+            return
         ids: dict[str, list[str]] = {s: [] for s in SPLITS}
         for split in SPLITS:
             todo = sorted((p for p in pairs if p.split == split), key=lambda p: p.key)
@@ -139,6 +151,50 @@ class _TiledSource(Source):
                         break
             self._images[split] = used
         self._ids = ids
+        self._log_counts()
+
+    def _scan_by_tile(self, pairs: list[_Pair]) -> dict[str, list[str]]:
+        """Tile ids per split where each tile's split is :func:`assign_split` of its id:
+        images read in id order until every split's cap is met (all of them without caps)."""
+        ids: dict[str, list[str]] = {s: [] for s in SPLITS}
+        used: dict[str, set[str]] = {s: set() for s in SPLITS}
+
+        def full(split: str) -> bool:
+            return bool(self.caps[split]) and len(ids[split]) >= self.caps[split]
+
+        for p in sorted(pairs, key=lambda p: p.key):
+            if all(full(s) for s in SPLITS):
+                break
+            decoded = self._decode_pair(p)
+            if decoded is None:
+                continue
+            _, mask, _ = decoded
+            origins = tile_origins(*mask.shape)
+            if not origins:
+                self._skip("smaller_than_tile")
+                continue
+            single = mask.shape == (TILE, TILE)
+            for y, x in origins:
+                tid = p.key if single else f"{p.key}_y{y}x{x}"
+                split = assign_split(tid)
+                if full(split):
+                    continue
+                frac = float(mask[y : y + TILE, x : x + TILE].mean())
+                if frac < MIN_FOREGROUND_FRACTION:
+                    self._skip("tile_foreground_below_min")
+                    continue
+                if frac > 1 - MIN_FOREGROUND_FRACTION:
+                    self._skip("tile_background_below_min")
+                    continue
+                self._tiles[tid] = _Tile(p, y, x, split)
+                ids[split].append(tid)
+                used[split].add(p.key)
+        self._images = {s: len(used[s]) for s in SPLITS}
+        return ids
+
+    def _log_counts(self) -> None:
+        assert self._ids is not None
+        ids = self._ids
         logger.info(
             "%s: %s tiles, skipped %s",
             self.name,
@@ -164,14 +220,13 @@ class _TiledSource(Source):
             image, mask, inst = decoded
             sl = (slice(tile.y, tile.y + TILE), slice(tile.x, tile.x + TILE))
             tile_inst = None if inst is None else _relabel(inst[sl])
-            masks = tile.pair.masks
             meta = {
                 "image_file": self._rel(tile.pair.image),
-                "mask_files": len(masks) if len(masks) > 1 else self._rel(masks[0]),
+                **self._mask_meta(tile.pair),
                 "image_shape": list(mask.shape),
                 "tile_yx": [tile.y, tile.x],
                 "bit_depth": 8 if image.dtype == np.uint8 else 16,
-                "split_rule": "list" if self._list_splits else "hash",
+                "split_rule": self._split_rule(),
                 "foreground_fraction": round(float(mask[sl].mean()), 5),
             }
             if tile_inst is not None:
@@ -179,7 +234,7 @@ class _TiledSource(Source):
             items.append(
                 Item(
                     id=tid,
-                    split=tile.pair.split,
+                    split=tile.split or tile.pair.split,
                     mask=np.ascontiguousarray(mask[sl]),
                     image=np.ascontiguousarray(image[sl]).astype(np.uint16),
                     instances=tile_inst,
@@ -205,6 +260,13 @@ class _TiledSource(Source):
         }
 
     # -- helpers
+    def _split_rule(self) -> str:
+        """How splits are assigned: ``list`` (the source's lists), ``hash`` (of the image
+        id) or ``tile-hash`` (of the tile id)."""
+        if self._tile_splits:
+            return "tile-hash"
+        return "list" if self._list_splits else "hash"
+
     def _rel(self, ref: str) -> str:
         """A file reference relative to the source root (no machine paths in the dataset)."""
         root = self.root if self.root.is_dir() else self.root.parent
