@@ -87,12 +87,16 @@ def test_every_split_loads_streaming_and_not(small_package: Path, config: str, t
     assert {s.name for s in all_splits()} == set(splits)
     ids = {}
     cache = tmp_path / "cache"  # fresh: the datasets cache key ignores file contents
+    # Every split from one call each way (each call parses the card); one split by name too.
+    every_streamed = datasets.load_dataset(str(small_package), config, streaming=True)
+    every = datasets.load_dataset(str(small_package), config, cache_dir=str(cache))
+    assert list(every_streamed) == list(every) == splits
+    one = datasets.load_dataset(str(small_package), config, split="snr_2", cache_dir=str(cache))
+    assert one["id"] == every["snr_2"]["id"]
     for split in splits:
-        streamed = list(
-            datasets.load_dataset(str(small_package), config, split=split, streaming=True)
-        )
+        streamed = list(every_streamed[split])
         _check_rows(streamed, config, split)
-        ds = datasets.load_dataset(str(small_package), config, split=split, cache_dir=str(cache))
+        ds = every[split]
         assert ds.num_rows == len(streamed)
         assert ds.features["corruption"].names == list(CORRUPTIONS)
         numpy_rows = list(ds.with_format("numpy"))
