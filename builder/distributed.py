@@ -6,7 +6,9 @@ What the build and ``evaluate`` need of it, and nothing more:
 - :func:`join` joins the process group that the launcher's environment describes
   (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``), or returns
   the one-process :data:`SOLO` context when there is none; a rank that cannot reach the
-  rendezvous gets one :class:`LaunchError` naming the address and the timeout.
+  rendezvous gets one :class:`LaunchError` naming the address and the timeout. A job that
+  runs others (``fidelity`` builds packages) joins once: a :func:`join` inside an open one
+  gets a context on the same group, with keys of its own.
 - :class:`Context` holds rank, world size and the process group's key-value store.
   :meth:`Context.queue` is a dynamic work queue on that store: every rank holds the same
   ordered list of units and takes the next one with an atomic ``store.add``, so a rank that
@@ -34,6 +36,11 @@ from typing import Any
 from synthesis.runtime.errors import JobFailed, RefusedError
 
 logger = logging.getLogger(__name__)
+
+#: The context of the open outermost :func:`join` of this process, if any.
+_OPEN: list[Context] = []
+#: How many nested :func:`join` blocks this process has opened (their key prefixes).
+_NESTED: list[int] = [0]
 
 #: How long a rank waits to reach the rendezvous (and for a collective), by default.
 RENDEZVOUS_TIMEOUT_S = 600.0
@@ -216,11 +223,27 @@ def join(
     environment holds none). ``device_type`` ``"cuda"`` adds NCCL for CUDA tensors (gloo
     keeps CPU tensors). The group is destroyed on exit.
 
+    Inside an open ``join`` (a job that runs another: the fidelity run's builds), the block
+    gets a context on the same process group whose store keys are its own (``job`` and a
+    count of the nested blocks, the same on every rank as every rank opens them in the same
+    order); the group stays up until the outer block ends.
+
     Raises:
         LaunchError: this rank could not reach the rendezvous within ``timeout_s``.
     """
     if not launched():
         yield SOLO
+        return
+    if _OPEN:
+        outer = _OPEN[-1]
+        _NESTED[0] += 1
+        yield Context(
+            rank=outer.rank,
+            world_size=outer.world_size,
+            local_rank=outer.local_rank,
+            store=outer.store,
+            prefix=f"{outer.prefix}{job}-{_NESTED[0]}/",
+        )
         return
     import torch.distributed as dist
 
@@ -247,7 +270,9 @@ def join(
         prefix=f"fluorobench-c/{job}/",
     )
     logger.info("rank %d of %d joined the %s at %s (%s)", rank, world, job, where, backend)
+    _OPEN.append(ctx)
     try:
         yield ctx
     finally:
+        _OPEN.pop()
         dist.destroy_process_group()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -308,6 +309,39 @@ def test_fidelity_with_more_seeds_trains_only_the_new_seed(fidelity_run, tmp_pat
     real = after["trained_on_real"]["seeds"]
     assert {k: real[k] for k in ("0", "1")} == before["trained_on_real"]["seeds"]
     assert len(list((more / "models").glob("*.safetensors"))) == 9
+
+
+@pytest.mark.slow
+def test_two_workers_share_the_units_and_write_the_results_of_one(fidelity_run, tmp_path):
+    """With the packages built, ``--workers 2`` takes the (trained on, seed) units from one
+    queue: every model has the bytes of the one-process run's, and fidelity.json its
+    results (the builds run nested in the job's process group and find themselves done)."""
+    import subprocess
+    import sys
+
+    out, args = fidelity_run
+    two = tmp_path / "run"
+    shutil.copytree(out, two, ignore=shutil.ignore_patterns("models", "fidelity.*"))
+    argv = [str(two) if a == str(out) else a for a in args]
+    r = subprocess.run(
+        [sys.executable, "-m", "builder.cli", *argv, "--workers", "2", "--threads", "1"],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "rank 1 of 2 joined the fidelity" in r.stderr and "Traceback" not in r.stderr
+    # Each of the 6 U-Nets trained once, by one rank or the other, and both ranks trained.
+    # (Rank 0's progress bars share stderr, so lines are searched, not split.)
+    firsts = re.findall(r"\[rank (\d)\] [\w.]+: epoch 1/3:", r.stderr)
+    assert len(firsts) == 6 and set(firsts) == {"0", "1"}, firsts
+    trained = {p.name: sha256_file(p) for p in (two / "models").glob("*.safetensors")}
+    assert trained == {p.name: sha256_file(p) for p in (out / "models").glob("*.safetensors")}
+    assert len(trained) == 6
+    got, want = (json.loads((d / "fidelity.json").read_text()) for d in (two, out))
+    assert got["renderers"] == want["renderers"]
+    assert got["trained_on_real"] == want["trained_on_real"]
 
 
 def test_fidelity_refuses_other_settings_and_procedural(fidelity_run, tmp_path, capsys):

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from builder.assembly.options import RENDERERS
-from builder.cli import common
+from builder.cli import common, launch
 from synthesis.levels import CONFIGS
 
 if TYPE_CHECKING:
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
     p = sub.add_parser(name, help=help_text, description=help_text)
     add_arguments(p)
+    launch.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -101,9 +102,24 @@ def options(args: argparse.Namespace) -> FidelityOptions:
 
 
 def run(args: argparse.Namespace) -> int:
+    """One process, or every rank of a ``torchrun`` launch (or ``--workers N``): the ranks
+    share the builds' units and the U-Nets; rank 0 writes and prints the reports."""
+    from builder import distributed
     from builder.experiments.fidelity import fidelity, fidelity_markdown, write_fidelity_reports
+    from synthesis.runtime.device import resolve_device
 
-    results = fidelity(options(args), progress=common.progress)
+    if args.workers > 1 and not distributed.launched():
+        return launch.spawn(run, args)
+    device = resolve_device(args.device)
+    with distributed.join(
+        device_type=device.type, timeout_s=args.rendezvous_timeout, job="fidelity"
+    ) as ctx:
+        ctx.agree("arguments", {k: str(v) for k, v in sorted(vars(args).items()) if k != "func"})
+        progress = common.progress if ctx.is_main else None
+        results = fidelity(options(args), progress=progress, ctx=ctx)
+        ctx.leave()
+    if not ctx.is_main:
+        return 0
     paths = write_fidelity_reports(args.out, results)
     print(fidelity_markdown(results))
     print("written:", ", ".join(str(p) for p in paths))

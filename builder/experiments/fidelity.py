@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from builder.assembly import BuildOptions, build
 from builder.assembly.options import RENDERERS
 from builder.assembly.reference import fit_reference, read_split
+from builder.distributed import SOLO, Context
 from builder.evaluation.scoring import open_splits, per_image_counts
 from builder.package.card import number_cell, spread_cell
 from synthesis.metrics import iou_of_counts
@@ -149,11 +150,18 @@ class FidelityOptions:
         }
 
 
-def fidelity(opts: FidelityOptions, *, progress: ProgressFactory | None = None) -> dict[str, Any]:
-    """Run the fidelity comparison; return the results (see :func:`write_fidelity_reports`).
+def fidelity(
+    opts: FidelityOptions, *, progress: ProgressFactory | None = None, ctx: Context = SOLO
+) -> dict[str, Any]:
+    """Run the fidelity comparison; return the results (see :func:`write_fidelity_reports`),
+    the same on every rank.
 
-    One process: the (renderer, training seed) units run one after the other; each one whose
-    model and scores exist is read back, not redone.
+    The packages are built first (under ``torchrun`` every rank shares each build's units,
+    :func:`builder.assembly.build`). Then the (trained on, training seed) units, one U-Net
+    each: in one process one after the other; across the ranks of a multi-process ``ctx``
+    from a shared queue, each rank writing the scores of the units it took. Every rank then
+    reads every unit's scores back. A unit whose model and scores exist is read back, not
+    redone, so an interrupted run resumes at any world size.
 
     Raises:
         InputError: bad options (nothing is written).
@@ -182,24 +190,40 @@ def fidelity(opts: FidelityOptions, *, progress: ProgressFactory | None = None) 
         "renderers": {},
         "skipped": {},
     }
-    first_pkg: Path | None = None
+    packages: dict[str, Path] = {}
     for renderer in opts.renderers:
         if renderer == "gan" and not opts.weights:
             results["skipped"]["gan"] = "no GAN weights given (--weights); none ship"
             logger.info("fidelity: gan skipped (no weights)")
             continue
-        pkg = _build_package(opts, renderer, progress)
+        packages[renderer] = _build_package(opts, renderer, progress)
+    first_pkg = next(iter(packages.values()), None)
+    units = [(r, s) for r in packages for s in seeds]
+    if opts.real_model and first_pkg is not None:
+        units += [("real", s) for s in seeds]
+    data = {r: _package_data(opts, pkg) for r, pkg in packages.items()}
+    if opts.real_model:
+        data["real"] = _real_tiles(opts)
 
-        def data(split: str, pkg: Path = pkg) -> tuple[torch.Tensor, torch.Tensor]:
-            return read_split(str(pkg), opts.config, split)
+    def unit(trained_on: str, seed: int) -> dict[str, Any]:
+        pkg = packages.get(trained_on, first_pkg)
+        assert pkg is not None
+        return _unit(opts, trained_on, seed, pkg, data[trained_on], device, progress)
 
-        per_seed = {str(s): _unit(opts, renderer, s, pkg, data, device, progress) for s in seeds}
+    try:
+        for index in ctx.queue("fidelity/units", len(units)):
+            unit(*units[index])
+    except BaseException as exc:
+        ctx.fail(f"rank {ctx.rank}: {type(exc).__name__}: {exc}")
+        raise
+    ctx.arrive("fidelity/units")  # every unit's scores are written: read back below
+    for renderer, pkg in packages.items():
+        per_seed = {str(s): unit(renderer, s) for s in seeds}
         results["renderers"][renderer] = {
             "seeds": per_seed,
             "aggregate": aggregate_seeds(list(per_seed.values())),
         }
-        if first_pkg is None:
-            first_pkg = pkg
+        if pkg == first_pkg:
             results["residual_noise"] = _residual_noise(opts, pkg)
             manifest = json.loads((pkg / "manifest.json").read_text())
             results["native_snr"] = manifest["configs"][opts.config].get("native_snr")
@@ -213,10 +237,7 @@ def fidelity(opts: FidelityOptions, *, progress: ProgressFactory | None = None) 
             },
         )
     if opts.real_model and first_pkg is not None:
-        real_data = _real_tiles(opts)
-        per_seed = {
-            str(s): _unit(opts, "real", s, first_pkg, real_data, device, progress) for s in seeds
-        }
+        per_seed = {str(s): unit("real", s) for s in seeds}
         results["trained_on_real"] = {
             "seeds": per_seed,
             "aggregate": aggregate_seeds(list(per_seed.values())),
@@ -603,6 +624,17 @@ def _build_package(opts: FidelityOptions, renderer: str, progress: ProgressFacto
         )
     )
     return out
+
+
+def _package_data(
+    opts: FidelityOptions, pkg: Path
+) -> Callable[[str], tuple[torch.Tensor, torch.Tensor]]:
+    """``split -> (ADU images, masks)`` of a split of ``pkg``: what its U-Nets train on."""
+
+    def load(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return read_split(str(pkg), opts.config, split)
+
+    return load
 
 
 def _model_path(opts: FidelityOptions, trained_on: str, seed: int) -> Path:
