@@ -24,10 +24,20 @@ Writes the picture grid real | rendered | naive to ``docs/images/realism_nucleus
 
     python benchmarks/realism.py [--data PATH/stage1_train] [--split test] [--images 80]
                                  [--grid docs/images/realism_nucleus.png] [--json]
+
+Filamentous structures (``--config mito`` or ``--config er``; ``nucleus``, the default, is
+all of the above): real tiles of an images-only source against the physics and naive
+renderers on the procedural masks, with mask-free measures on pseudo-masks (skeleton widths
+and topology, clustering, intensities, spectra, native noise; ``benchmarks/
+_realism_structure.py`` says how):
+
+    python benchmarks/realism.py --config mito [--source PATH] [--tiles 40] [--scale STEM=F]
+                                 [--sweep PARAM=V1,V2] [--no-sweep] [--grid PNG] [--json]
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 from collections.abc import Iterator
@@ -314,7 +324,17 @@ def speed(data: Path, batch: int, repeats: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", choices=STRUCTURES, default="nucleus")
+    config = pre.parse_known_args(argv)[0].config
+    if config != "nucleus":
+        import _realism_structure
+
+        return _realism_structure.main(argv, __doc__, machine())
     p = _common.parser(__doc__)
+    p.add_argument(
+        "--config", choices=STRUCTURES, default="nucleus", help="er and mito: see the docstring"
+    )
     _common.add_tiles(p, grid=ROOT / "docs" / "images" / "realism_nucleus.png")
     p.add_argument("--procedural", type=int, default=96, help="procedural masks compared")
     p.add_argument("--no-speed", action="store_true")
