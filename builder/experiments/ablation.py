@@ -151,8 +151,8 @@ EXPORTS = ("none", "8bit")
 _BATCH = 16
 
 #: A realism measure agrees with transfer when its Spearman rho against the variants' mean
-#: real-image IoU is at or below this (lower distance, higher IoU; about p = 0.05
-#: two-sided for 16 variants) ...
+#: real-image IoU is at or below this (lower distance, higher IoU; about p = 0.025
+#: two-sided for the 20 variants) ...
 AGREES_RHO = -0.5
 #: ... over at least this many variants (fewer: no verdict).
 AGREES_MIN_VARIANTS = 5
