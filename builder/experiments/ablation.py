@@ -311,6 +311,9 @@ class AblationOptions:
 
     def run_recipe(self, variant: Variant, seed: int) -> dict[str, Any]:
         """Everything one (variant, training seed) model and its scores depend on."""
+        return self._training_recipe(seed, variant.recipe())
+
+    def _training_recipe(self, seed: int, trained_on: dict[str, Any] | str) -> dict[str, Any]:
         return {
             "config": CONFIG,
             "source": str(Path(self.source).resolve()),
@@ -319,7 +322,7 @@ class AblationOptions:
             "epochs": self.epochs,
             "training_seed": seed,
             "reference_training": asdict(REFERENCE),
-            "variant": variant.recipe(),
+            "variant": trained_on,
         }
 
     def model_path(self, variant: Variant, seed: int) -> Path:
@@ -330,16 +333,7 @@ class AblationOptions:
     def features_recipe(self) -> dict[str, Any]:
         """Everything the feature network (the reference U-Net trained on the real train
         tiles, training seed 0) depends on."""
-        return {
-            "config": CONFIG,
-            "source": str(Path(self.source).resolve()),
-            "counts": self.counts(),
-            "seed": self.seed,
-            "epochs": self.epochs,
-            "training_seed": 0,
-            "reference_training": asdict(REFERENCE),
-            "variant": "real",
-        }
+        return self._training_recipe(0, "real")
 
     def features_path(self) -> Path:
         """``models/real-features-<hash>.safetensors``: the feature network."""

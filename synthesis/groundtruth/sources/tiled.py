@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from abc import abstractmethod
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,22 +130,7 @@ class _TiledSource(Source):
                 if decoded is None:
                     continue
                 used += 1
-                image, mask, _ = decoded
-                origins = tile_origins(*mask.shape)
-                if not origins:
-                    self._skip("smaller_than_tile")
-                    continue
-                single = mask.shape == (TILE, TILE)
-                for y, x in origins:
-                    m = mask[y : y + TILE, x : x + TILE]
-                    frac = float(m.mean())
-                    if frac < MIN_FOREGROUND_FRACTION:
-                        self._skip("tile_foreground_below_min")
-                        continue
-                    if frac > 1 - MIN_FOREGROUND_FRACTION:
-                        self._skip("tile_background_below_min")
-                        continue
-                    tid = p.key if single else f"{p.key}_y{y}x{x}"
+                for tid, y, x in self._kept_tiles(p, decoded[1]):
                     self._tiles[tid] = _Tile(p, y, x)
                     ids[split].append(tid)
                     if cap and len(ids[split]) >= cap:
@@ -152,6 +138,24 @@ class _TiledSource(Source):
             self._images[split] = used
         self._ids = ids
         self._log_counts()
+
+    def _kept_tiles(self, p: _Pair, mask: np.ndarray) -> Iterator[tuple[str, int, int]]:
+        """``(tile id, y, x)`` of each tile of ``p`` whose foreground fraction is within the
+        bounds, in order (lazily: the others are counted as skipped as they are reached)."""
+        origins = tile_origins(*mask.shape)
+        if not origins:
+            self._skip("smaller_than_tile")
+            return
+        single = mask.shape == (TILE, TILE)
+        for y, x in origins:
+            frac = float(mask[y : y + TILE, x : x + TILE].mean())
+            if frac < MIN_FOREGROUND_FRACTION:
+                self._skip("tile_foreground_below_min")
+                continue
+            if frac > 1 - MIN_FOREGROUND_FRACTION:
+                self._skip("tile_background_below_min")
+                continue
+            yield (p.key if single else f"{p.key}_y{y}x{x}"), y, x
 
     def _scan_by_tile(self, pairs: list[_Pair]) -> dict[str, list[str]]:
         """Tile ids per split where each tile's split is :func:`assign_split` of its id:
@@ -168,23 +172,9 @@ class _TiledSource(Source):
             decoded = self._decode_pair(p)
             if decoded is None:
                 continue
-            _, mask, _ = decoded
-            origins = tile_origins(*mask.shape)
-            if not origins:
-                self._skip("smaller_than_tile")
-                continue
-            single = mask.shape == (TILE, TILE)
-            for y, x in origins:
-                tid = p.key if single else f"{p.key}_y{y}x{x}"
+            for tid, y, x in self._kept_tiles(p, decoded[1]):
                 split = assign_split(tid)
                 if full(split):
-                    continue
-                frac = float(mask[y : y + TILE, x : x + TILE].mean())
-                if frac < MIN_FOREGROUND_FRACTION:
-                    self._skip("tile_foreground_below_min")
-                    continue
-                if frac > 1 - MIN_FOREGROUND_FRACTION:
-                    self._skip("tile_background_below_min")
                     continue
                 self._tiles[tid] = _Tile(p, y, x, split)
                 ids[split].append(tid)
