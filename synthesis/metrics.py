@@ -9,7 +9,9 @@ Robustness (``docs/definitions.md#normalisation-and-scores``) is ``100 * IoU(spl
 
 Consistency (:func:`consistency`) needs no ground truth: the IoU of a model's prediction on a
 degraded image against its own prediction on the same image undegraded (for real images
-that have no manual masks).
+that have no manual masks). :class:`ConsistencyScores` accumulates it over a split: the
+aggregate (intersections and unions of the two predictions summed over every pixel) and the
+per-image mean.
 
 :class:`SegmentationScores` accumulates over a whole split and reports both the aggregate
 scores (intersections and unions summed over every pixel of every image, which weights large
@@ -24,6 +26,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "ConsistencyScores",
     "SegmentationScores",
     "check_logits",
     "consistency",
@@ -334,4 +337,72 @@ class SegmentationScores:
             "pixels": self._pixels,
             "foreground_pixels": self._target,
             "predicted_pixels": self._pred,
+        }
+
+
+class ConsistencyScores:
+    """Accumulates :func:`consistency` over a split, batch by batch: the aggregate
+    (intersection and union of the two predictions summed over every pixel of every image,
+    :func:`iou_of_counts`) and the mean of the per-image scores.
+
+    Example:
+        >>> scores = ConsistencyScores()
+        >>> scores.update(torch.tensor([[[True, True]]]), torch.tensor([[[True, False]]]))
+        >>> scores.update(torch.tensor([[[False, False]]]), torch.tensor([[[False, False]]]))
+        >>> r = scores.compute()
+        >>> r["consistency"], r["consistency_mean"], r["images"]
+        (0.5, 0.75, 2)
+    """
+
+    #: The accumulators, in the order of :meth:`state`.
+    STATE = ("inter", "union", "consistency_sum", "images")
+
+    def __init__(self) -> None:
+        self._inter = 0
+        self._union = 0
+        self._consistency_sum = 0.0
+        self._images = 0
+
+    def state(self) -> list[float]:
+        """The accumulators as numbers (counts are exact in float64 below 2**53): what ranks
+        that scored different splits sum (adding zeros leaves a value unchanged)."""
+        return [float(getattr(self, f"_{k}")) for k in self.STATE]
+
+    @classmethod
+    def from_state(cls, values: list[float]) -> ConsistencyScores:
+        """The scores whose :meth:`state` is ``values``."""
+        scores = cls()
+        for k, v in zip(cls.STATE, values, strict=True):
+            setattr(scores, f"_{k}", v if k == "consistency_sum" else int(v))
+        return scores
+
+    def update(self, pred_degraded: Tensor, pred_clean: Tensor) -> None:
+        """Add a batch of predictions on degraded images and on the same images undegraded
+        (bool, ``(B, H, W)`` or ``(B, 1, H, W)``, row for row).
+
+        Raises:
+            TypeError, ValueError: see :func:`consistency`.
+        """
+        per_image = consistency(pred_degraded, pred_clean)
+        inter, n_degraded, n_clean = _counts(pred_degraded, pred_clean)
+        self._inter += int(inter.sum())
+        self._union += int((n_degraded + n_clean - inter).sum())
+        self._consistency_sum += float(per_image.sum())
+        self._images += pred_degraded.shape[0]
+
+    def compute(self) -> dict[str, float | int]:
+        """``consistency`` (aggregate), ``consistency_mean`` (per image), ``intersection``,
+        ``union`` and ``images``.
+
+        Raises:
+            ValueError: nothing was added.
+        """
+        if self._images == 0:
+            raise ValueError("ConsistencyScores.compute needs at least one update. Got 0 images")
+        return {
+            "consistency": iou_of_counts(self._inter, self._union),
+            "consistency_mean": self._consistency_sum / self._images,
+            "intersection": self._inter,
+            "union": self._union,
+            "images": self._images,
         }

@@ -1,4 +1,5 @@
-"""``fluorobench-c evaluate``: stream a benchmark into a model; IoU, Dice, robustness."""
+"""``fluorobench-c evaluate``: stream a benchmark into a model; IoU, Dice, robustness and, with
+``--consistency``, consistency."""
 
 from __future__ import annotations
 
@@ -37,6 +38,15 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
         default="zscore",
         choices=list(NORMALIZATIONS),
         help="model input: per-image z-score (as the reference models), min-max or none",
+    )
+    p.add_argument(
+        "--consistency",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also score consistency, which needs no labels: the IoU of the model's prediction "
+        "on each degraded row against its own prediction on the same row undegraded (test, or "
+        "real for the real-image families) (default: on when the config's masks are "
+        "pseudo-masks)",
     )
     common.add_device(p)
     p.add_argument("--batch-size", type=common.counts, default=16, help="images per batch")
@@ -87,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             progress=common.progress,
             ctx=ctx,
+            consistency=args.consistency,
         )
         ctx.leave()
     if not ctx.is_main:

@@ -25,7 +25,7 @@ from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCardData
 
 from builder.package.eval_results import ranked_entries, write_benchmark_declaration
-from builder.package.manifest import split_files, split_num_bytes
+from builder.package.manifest import pseudo_mask_method, split_files, split_num_bytes
 from builder.package.samples import grid_path, write_sample_grids
 from synthesis.levels import (
     ATTACK_EPSILONS_GREY,
@@ -284,9 +284,9 @@ def pseudo_mask_configs(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
     of the manifest's source entry: a source of real images without manual masks)."""
     out = {}
     for config in CONFIGS:
-        source = manifest["configs"].get(config, {}).get("source") or {}
-        if source.get("mask") == "pseudo":
-            out[config] = source.get("pseudo_mask") or {}
+        method = pseudo_mask_method(manifest, config)
+        if method is not None:
+            out[config] = method
     return out
 
 

@@ -58,6 +58,15 @@ def split_num_bytes(manifest: dict[str, Any], config: str, split: str) -> int:
     return sum(s.get("num_bytes", 0) for s in entry["shards"])
 
 
+def pseudo_mask_method(manifest: dict[str, Any], config: str) -> dict[str, Any] | None:
+    """The pseudo-mask method of ``config`` when its masks are pseudo-masks (the source entry
+    says ``"mask": "pseudo"``: real images without manual masks), else None."""
+    source = manifest["configs"].get(config, {}).get("source") or {}
+    if source.get("mask") != "pseudo":
+        return None
+    return source.get("pseudo_mask") or {}
+
+
 #: Mappings whose order means something: feature order is the column order, split order the
 #: build order. Every other mapping is written with sorted keys, so the bytes are canonical.
 _ORDERED = ("features", "splits")
