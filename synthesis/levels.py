@@ -14,6 +14,7 @@ __all__ = [
     "ATTACKS",
     "CONFIGS",
     "CONFIG_TITLES",
+    "PIXEL_SIZE_UM",
     "ATTACK_EPSILONS_GREY",
     "BLUR_LEVELS",
     "REFERENCE_SNR",
@@ -33,6 +34,13 @@ CONFIG_TITLES: dict[str, str] = {
     "mito": "Mito-C (mitochondria)",
     "nucleus": "Nucleus-C (cell nuclei)",
 }
+
+#: Stated pixel size (um per pixel) of a config's procedural images, where one is stated.
+#: Mito-C: 0.085 um/px, the scale its tubules (3-7 px, median ~4.5 px: 0.25-0.6 um) imply
+#: against the real NAO field of ``shared/data/mito-fluorescence`` (0.0425 um/px stated,
+#: tubules ~0.38 um); real images are resampled to it before they are compared
+#: (docs/definitions.md#mask-generators). ER-C and Nucleus-C state none.
+PIXEL_SIZE_UM: dict[str, float] = {"mito": 0.085}
 
 #: Signal-to-noise ratios of the ``snr_*`` splits (camera equation on the mask foreground).
 SNR_LEVELS: tuple[int, ...] = (1, 2, 3, 4, 5, 8)

@@ -65,7 +65,13 @@ class ConfigImages:
         self.device = device
         self.camera = Camera()
         self.features = row_features(config)
-        self.source = open_source(opts.source, config, seed=opts.seed, counts=opts.counts)
+        self.source = open_source(
+            opts.source,
+            config,
+            seed=opts.seed,
+            counts=opts.counts,
+            mito_masks=opts.mito_masks if config == "mito" else "worms",
+        )
         self.specs = resolve_splits(opts.splits, with_real=self.source.has_real_images)
         self._clean_cache: dict[str, Any] = {}
         self._real_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -13,6 +13,7 @@ from builder.distributed import RENDEZVOUS_TIMEOUT_S
 from builder.package.manifest import FORMAT_VERSION
 from builder.package.plan import BASE_SPLITS, resolve_splits
 from synthesis.corruptions.noise import NOISE_MODELS
+from synthesis.groundtruth.masks import MITO_MASKS
 from synthesis.levels import CONFIGS
 from synthesis.runtime.device import resolve_device
 from synthesis.runtime.errors import InputError
@@ -42,6 +43,8 @@ class BuildOptions:
     noise_model: str = "poisson_gaussian"
     shard_size: int = 256
     train_epochs: int | None = None
+    #: The mito mask generator (procedural source): ``worms`` (default) or ``cells``.
+    mito_masks: str = "worms"
     progress: ProgressFactory | None = None
     #: Seconds a rank of a multi-process launch waits to reach the rendezvous.
     rendezvous_timeout: float = RENDEZVOUS_TIMEOUT_S
@@ -77,6 +80,20 @@ class BuildOptions:
             raise InputError(
                 f"unknown noise model {self.noise_model!r}; expected {', '.join(NOISE_MODELS)}"
             )
+        if self.mito_masks not in MITO_MASKS:
+            raise InputError(
+                f"unknown --mito-masks {self.mito_masks!r}; expected {', '.join(MITO_MASKS)}"
+            )
+        if self.mito_masks != "worms" and self.source != "procedural":
+            raise InputError(
+                f"--mito-masks {self.mito_masks} chooses a procedural mask generator; "
+                f"--source {self.source} brings its own masks"
+            )
+        if self.mito_masks != "worms" and "mito" not in self.configs:
+            raise InputError(
+                f"--mito-masks {self.mito_masks} applies to the mito config, which this build "
+                f"leaves out (--config {' '.join(self.configs)})"
+            )
         if self.out.exists() and not self.out.is_dir():
             raise InputError(f"output path {self.out} exists and is not a folder")
         if self.source != "procedural" and not Path(self.source).exists():
@@ -86,8 +103,10 @@ class BuildOptions:
         resolve_splits(self.splits, with_real=self.source != "procedural")
 
     def recipe(self) -> dict[str, Any]:
+        """What determines the bytes. ``mito_masks`` appears only when it is not the
+        default ``worms``, so a default build's recipe (and manifest) is as before."""
         source = self.source if self.source == "procedural" else os.path.normpath(self.source)
-        return {
+        out = {
             "configs": sorted(self.configs, key=CONFIGS.index),
             "source": source,
             "splits": sorted(self.splits) if self.splits else None,
@@ -101,3 +120,6 @@ class BuildOptions:
             "package_version": __version__,
             "format_version": FORMAT_VERSION,
         }
+        if self.mito_masks != "worms":
+            out["mito_masks"] = self.mito_masks
+        return out

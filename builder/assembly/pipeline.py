@@ -75,7 +75,8 @@ def _prepare_folder(opts: BuildOptions, recipe: dict[str, Any]) -> dict[str, Any
                 f"{out} is not empty and holds no fluorobench-c build; "
                 "choose an empty folder or pass --overwrite to replace its contents"
             )
-        changed = sorted(k for k in recipe if existing.get("recipe", {}).get(k) != recipe[k])
+        old = existing.get("recipe", {})
+        changed = sorted(k for k in recipe.keys() | old.keys() if old.get(k) != recipe.get(k))
         raise BuildError(
             f"{out} holds a different build (differs in: {', '.join(changed)}); "
             "re-run the original command to resume it, or pass --overwrite to replace it"

@@ -9,6 +9,7 @@ from pathlib import Path
 from builder.assembly.options import RENDERERS
 from builder.assembly.reference import REFERENCE
 from builder.cli import common, launch
+from synthesis.groundtruth.masks import MITO_MASKS
 from synthesis.levels import CONFIGS
 
 
@@ -52,6 +53,13 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
     )
     p.add_argument("--weights", default=None, help="generator weights folder (--renderer gan)")
     p.add_argument(
+        "--mito-masks",
+        default="worms",
+        choices=list(MITO_MASKS),
+        help="mito mask generator (procedural source): worms spread over the tile, or cells "
+        "(nuclei, networks packed around them, empty space between cells; 0.085 um/px)",
+    )
+    p.add_argument(
         "--noise-model",
         default="poisson_gaussian",
         choices=["poisson_gaussian", "gaussian"],
@@ -89,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         weights=args.weights,
         noise_model=args.noise_model,
         train_epochs=args.train_epochs,
+        mito_masks=args.mito_masks,
         progress=common.progress,
         rendezvous_timeout=args.rendezvous_timeout,
     )

@@ -33,6 +33,7 @@ from synthesis.levels import (
     BLUR_LEVELS,
     CONFIG_TITLES,
     CONFIGS,
+    PIXEL_SIZE_UM,
     REFERENCE_SNR,
     SIB_SIGMA_PX,
     SNR_LEVELS,
@@ -545,6 +546,19 @@ def _leaderboards(manifest: dict[str, Any], out: Path | None) -> str:
     )
 
 
+def _source_name(recipe: dict[str, Any]) -> str:
+    """The masks' source as the card names it: ``procedural`` (with the mito generator when
+    it is not the default), or the source folder's name."""
+    if recipe["source"] != "procedural":
+        return Path(recipe["source"]).name
+    if recipe.get("mito_masks", "worms") != "worms":
+        return (
+            f"procedural (mito: `{recipe['mito_masks']}` generator, "
+            f"{PIXEL_SIZE_UM['mito']:g} µm/px)"
+        )
+    return "procedural"
+
+
 def render_card(
     manifest: dict[str, Any], repo: str = "fluorobench-c", out: Path | None = None
 ) -> str:
@@ -566,9 +580,7 @@ def render_card(
         "yaml": meta,
         "title": ", ".join(f"**{CONFIG_TITLES[c]}**" for c in configs),
         "version": manifest["package_version"],
-        "source": recipe["source"]
-        if recipe["source"] == "procedural"
-        else Path(recipe["source"]).name,
+        "source": _source_name(recipe),
         "renderer": recipe["renderer"],
         "noise_model": recipe["noise_model"],
         "seed": str(recipe["seed"]),

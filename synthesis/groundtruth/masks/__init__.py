@@ -11,9 +11,14 @@ all rows are rasterised together with tensor ops ("apply").
   (perinuclear ER is denser), a smooth displacement field bends the tubules, a few edges are
   dropped (larger loops, free ends) and a few small cells near the nucleus are filled
   (small sheets). Tubules are drawn at their exact distance from the cell bisector.
-- **Mitochondria** (:mod:`.mito`): persistent random walks with smoothly varying curvature,
-  swept by a disc of the object's width; some branched, some fragmented into short rods or
-  round puncta, placed without overlap inside a cytoplasm region.
+- **Mitochondria**, two generators (``mito_masks``; the build's ``--mito-masks``):
+  ``worms`` (:mod:`.mito`, the default): persistent random walks with smoothly varying
+  curvature, swept by a disc of the object's width; some branched, some fragmented into
+  short rods or round puncta, placed without overlap inside a cytoplasm region.
+  ``cells`` (:mod:`.mito_cells`): one to three cells at Mito-C's stated pixel size
+  (:data:`synthesis.levels.PIXEL_SIZE_UM`), each with a nucleus-shaped hole; networks of
+  fusing, branching tubules packed around the nucleus and thinning outwards, fragments and
+  puncta, and empty space between cells; with instance labels (connected objects).
 - **Nuclei** (:mod:`.nucleus`): star-shaped ellipses with low-order harmonic irregularity,
   sizes and coverage drawn from the ranges measured on BBBC038 (``benchmarks/realism.py``
   prints them), clustered or spread; overlapping neighbours are split along the curve of
@@ -40,14 +45,18 @@ from synthesis.checks import check_seeds
 from synthesis.groundtruth.masks.er import ERSettings, _er
 from synthesis.groundtruth.masks.er import _er_layout as _er_layout
 from synthesis.groundtruth.masks.mito import MitoSettings, _mito
+from synthesis.groundtruth.masks.mito_cells import MitoCellsSettings, _mito_cells
 from synthesis.groundtruth.masks.nucleus import NucleusSettings, _nuclei
 from synthesis.levels import CONFIGS
 
 __all__ = [
     "MASK_SETTINGS",
+    "MITO_CELLS_SETTINGS",
+    "MITO_MASKS",
     "STRUCTURES",
     "ERSettings",
     "MaskBatch",
+    "MitoCellsSettings",
     "MitoSettings",
     "NucleusSettings",
     "generate_masks",
@@ -65,6 +74,12 @@ MASK_SETTINGS: dict[str, ERSettings | MitoSettings | NucleusSettings] = {
     "nucleus": NucleusSettings(),
 }
 
+#: The generators of mito masks: ``worms`` (:mod:`.mito`, the default, whose settings are
+#: ``MASK_SETTINGS["mito"]``) and ``cells`` (:mod:`.mito_cells`).
+MITO_MASKS: tuple[str, ...] = ("worms", "cells")
+#: The settings table of the ``cells`` generator.
+MITO_CELLS_SETTINGS = MitoCellsSettings()
+
 
 @dataclass
 class MaskBatch:
@@ -72,7 +87,8 @@ class MaskBatch:
 
     Attributes:
         mask: ``(B, 1, H, W)`` bool, True on the structure.
-        instances: ``(B, 1, H, W)`` int32 labels (0 = background, 1..N) for nuclei, else None.
+        instances: ``(B, 1, H, W)`` int32 labels (0 = background, 1..N) for nuclei and for
+            mito ``cells`` (its connected objects), else None.
         params: per row, the drawn generator parameters (JSON-serialisable), with the seed.
     """
 
@@ -87,6 +103,7 @@ def generate_masks(
     *,
     size: int = 256,
     device: torch.device | str | None = None,
+    mito_masks: str = "worms",
 ) -> MaskBatch:
     """Draw ``B`` procedural masks of ``structure``, row ``i`` a function of ``seeds[i]`` only.
 
@@ -95,13 +112,16 @@ def generate_masks(
         seeds: ``(B,)`` int64 seeds (or an int for one row).
         size: image side in pixels (lengths in the settings are in pixels, not scaled).
         device: where the masks are rasterised; default: the device of ``seeds`` (or CPU).
+        mito_masks: the mito generator, one of :data:`MITO_MASKS` (ignored for the other
+            structures). ``cells`` rows record it in ``generator``
+            (``procedural:mito:cells``) and their pixel size in ``pixel_size_um``.
 
     Returns:
         :class:`MaskBatch` with ``mask`` ``(B, 1, size, size)`` bool; every row has both
         foreground and background.
 
     Raises:
-        ValueError: unknown structure, ``size`` < 32, or bad seeds.
+        ValueError: unknown structure or mito generator, ``size`` < 32, or bad seeds.
 
     Example:
         >>> out = generate_masks("mito", torch.tensor([1, 2]), size=64)
@@ -110,6 +130,8 @@ def generate_masks(
     """
     if structure not in STRUCTURES:
         raise ValueError(f"structure must be one of {STRUCTURES}. Got {structure!r}")
+    if mito_masks not in MITO_MASKS:
+        raise ValueError(f"mito_masks must be one of {MITO_MASKS}. Got {mito_masks!r}")
     if not isinstance(size, int) or size < 32:
         raise ValueError(f"size must be an int >= 32. Got {size!r}")
     if device is None:
@@ -120,6 +142,8 @@ def generate_masks(
     settings = MASK_SETTINGS[structure]
     if structure == "er":
         mask, instances, params = _er(seed_list, seeds_t, size, settings)
+    elif structure == "mito" and mito_masks == "cells":
+        mask, instances, params = _mito_cells(seed_list, size, MITO_CELLS_SETTINGS, seeds_t.device)
     elif structure == "mito":
         mask, instances, params = _mito(seed_list, size, settings, seeds_t.device)
     else:
@@ -130,15 +154,23 @@ def generate_masks(
         raise RuntimeError(
             f"{structure} masks of seeds {[seed_list[i] for i in bad]} lack fg or bg"
         )
+    generator = f"procedural:{structure}"
+    if structure == "mito" and mito_masks != "worms":
+        generator += f":{mito_masks}"
     for p, f, s in zip(params, (fg.float() / mask[0].numel()).tolist(), seed_list, strict=True):
         p["foreground_fraction"] = round(f, 5)
         p["mask_seed"] = s
-        p["generator"] = f"procedural:{structure}"
+        p["generator"] = generator
     return MaskBatch(mask=mask, instances=instances, params=params)
 
 
-def settings_dict(structure: str) -> dict[str, Any]:
-    """The settings table of ``structure`` as a JSON-serialisable dict (for dataset cards)."""
+def settings_dict(structure: str, mito_masks: str = "worms") -> dict[str, Any]:
+    """The settings table of ``structure`` (of mito's ``mito_masks`` generator) as a
+    JSON-serialisable dict (for dataset cards)."""
     if structure not in STRUCTURES:
         raise ValueError(f"structure must be one of {STRUCTURES}. Got {structure!r}")
+    if mito_masks not in MITO_MASKS:
+        raise ValueError(f"mito_masks must be one of {MITO_MASKS}. Got {mito_masks!r}")
+    if structure == "mito" and mito_masks == "cells":
+        return asdict(MITO_CELLS_SETTINGS)
     return asdict(MASK_SETTINGS[structure])

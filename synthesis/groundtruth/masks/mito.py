@@ -24,7 +24,8 @@ from synthesis.groundtruth.masks.common import Range, _Draws, _r, _stamp_union
 class MitoSettings:
     """Mitochondria: tubules, branched tubules, short rods and puncta.
 
-    Widths 3-7 px (250-500 nm at ~70 nm pixels); tubule lengths 15-90 px (1-6 um). The
+    Widths 3-7 px (0.26-0.6 um at Mito-C's stated 0.085 um/px,
+    :data:`synthesis.levels.PIXEL_SIZE_UM`); tubule lengths 15-90 px (1.3-7.7 um). The
     per-image fraction of fragments spans healthy networks to fragmented (stressed) cells.
     Foreground fractions of 5-25 % match cytoplasm densely to sparsely filled with
     mitochondria.

@@ -20,6 +20,7 @@ def open_source(
     *,
     seed: int,
     counts: dict[str, int | None] | None = None,
+    mito_masks: str = "worms",
 ) -> Source:
     """Open ``source`` for ``structure``: ``"procedural"`` or a path (kind auto-detected).
 
@@ -30,6 +31,9 @@ def open_source(
         structure: ``"er"``, ``"mito"`` or ``"nucleus"``.
         seed: build seed (procedural masks; real sources do not depend on it).
         counts: images per split (procedural: required; real: caps, 0/None = all).
+        mito_masks: the procedural mito generator, ``worms`` or ``cells``
+            (:data:`synthesis.groundtruth.masks.MITO_MASKS`); real sources take only
+            ``worms`` (the default: no generator).
 
     Returns:
         A :class:`Source`; real sources have read and checked every image already.
@@ -45,7 +49,12 @@ def open_source(
     if bad:
         raise SourceError(f"counts must be keyed by {SPLITS}. Got {sorted(counts)}")
     if str(source) == "procedural":
-        return ProceduralSource(structure, seed=seed, counts=counts)
+        return ProceduralSource(structure, seed=seed, counts=counts, mito_masks=mito_masks)
+    if mito_masks != "worms":
+        raise SourceError(
+            f"mito_masks={mito_masks!r} chooses a procedural generator; {source} is a real "
+            "source, whose masks are its own"
+        )
     path = Path(source).expanduser()
     if not path.exists():
         raise SourceError(f"source path does not exist: {path}")

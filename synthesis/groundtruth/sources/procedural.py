@@ -8,18 +8,29 @@ from typing import Any
 import numpy as np
 import torch
 
-from synthesis.groundtruth.masks import generate_masks
+from synthesis.groundtruth.masks import MITO_MASKS, generate_masks
 from synthesis.groundtruth.sources.base import SPLITS, Item, Source, SourceError, _check_split
 from synthesis.rng import derive_seed
 
 
 class ProceduralSource(Source):
-    """The seeded mask generators: ids ``<structure>-<split>-<index:05d>``."""
+    """The seeded mask generators: ids ``<structure>-<split>-<index:05d>``; ``mito_masks``
+    picks the mito generator (:data:`synthesis.groundtruth.masks.MITO_MASKS`)."""
 
     has_real_images = False
 
-    def __init__(self, structure: str, *, seed: int, counts: dict[str, int | None]) -> None:
+    def __init__(
+        self,
+        structure: str,
+        *,
+        seed: int,
+        counts: dict[str, int | None],
+        mito_masks: str = "worms",
+    ) -> None:
+        if mito_masks not in MITO_MASKS:
+            raise SourceError(f"mito_masks must be one of {MITO_MASKS}. Got {mito_masks!r}")
         self.structure = structure
+        self.mito_masks = mito_masks
         self.seed = int(seed)
         self.counts = {s: int(counts.get(s) or 0) for s in SPLITS}
         self.name = f"procedural:{structure}"
@@ -46,7 +57,7 @@ class ProceduralSource(Source):
         seeds = torch.tensor(
             [derive_seed(self.seed, self.structure, i, "mask") for i in ids], dtype=torch.int64
         )
-        batch = generate_masks(self.structure, seeds)
+        batch = generate_masks(self.structure, seeds, mito_masks=self.mito_masks)
         mask = batch.mask[:, 0].numpy().astype(np.uint8)
         inst = None if batch.instances is None else batch.instances[:, 0].numpy()
         return [
@@ -62,7 +73,7 @@ class ProceduralSource(Source):
         ]
 
     def describe(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "kind": "procedural",
             "path": None,
             "structure": self.structure,
@@ -70,3 +81,6 @@ class ProceduralSource(Source):
             "counts": dict(self.counts),
             "skipped": {},
         }
+        if self.structure == "mito" and self.mito_masks != "worms":  # the default adds nothing
+            out["mito_masks"] = self.mito_masks
+        return out
