@@ -32,11 +32,21 @@ SMALL = ["--train", "4", "--validation", "2", "--test", "2", "--batch-size", "2"
 
 @pytest.fixture(scope="session")
 def small_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A complete package of all three configs and every split, built once per session."""
+    """A complete package of all three configs and every split, built once per test run:
+    under pytest-xdist the first worker to need it builds it in the run's shared temporary
+    folder while the others wait on a file lock, then every worker reads it (tests copy it
+    before changing it)."""
+    from filelock import FileLock
+
     from builder.cli import main
 
-    out = tmp_path_factory.mktemp("pkg") / "fluorobench-c"
-    assert main(["build", str(out), *SMALL, "--train-epochs", "1", "--device", "cpu"]) == 0
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        root = tmp_path_factory.mktemp("pkg")
+    else:
+        root = tmp_path_factory.getbasetemp().parent  # shared by the run's workers
+    out = root / "fluorobench-c"
+    with FileLock(str(root / "small_package.lock")):  # a complete build: nothing to do
+        assert main(["build", str(out), *SMALL, "--train-epochs", "1", "--device", "cpu"]) == 0
     return out
 
 
