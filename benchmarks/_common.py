@@ -212,3 +212,38 @@ def load_tiles(args: argparse.Namespace) -> tuple[Any, list]:
     counts = {s: 1 for s in SPLITS} | {args.split: args.images}
     src = open_source(args.data, "nucleus", seed=args.seed, counts=counts)
     return src, src.load(src.ids(args.split))
+
+
+#: Geometry of :func:`panel_grid` figures: panel size, gap, title height, label column.
+PANEL, PANEL_GAP, PANEL_HEAD, PANEL_SIDE = 256, 6, 16, 150
+
+
+def panel_grid(
+    rows: list[tuple[str, list[Any], list[str]]], path: Path, *, palette: bool = False
+) -> int:
+    """Write a figure of rows of ``PANEL`` px image panels (uint8 arrays, grey or RGB), each
+    row ``(label, panels, titles)``, the label in a left column and a title above each panel;
+    as a 256-colour palette PNG (about half the bytes of RGB) or a grey one. Returns its
+    size in bytes."""
+    from PIL import Image, ImageDraw
+
+    columns = max(len(panels) for _, panels, _ in rows)
+    width = PANEL_SIDE + columns * (PANEL + PANEL_GAP)
+    height = len(rows) * (PANEL + PANEL_HEAD + PANEL_GAP)
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for r, (label, panels, titles) in enumerate(rows):
+        y0 = r * (PANEL + PANEL_HEAD + PANEL_GAP)
+        draw.multiline_text((4, y0 + PANEL_HEAD + 4), label, fill=(0, 0, 0))
+        for c, (panel, title) in enumerate(zip(panels, titles, strict=True)):
+            x0 = PANEL_SIDE + c * (PANEL + PANEL_GAP)
+            draw.text((x0 + 2, y0 + 2), title, fill=(0, 0, 0))
+            canvas.paste(Image.fromarray(panel), (x0, y0 + PANEL_HEAD))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if palette:
+        canvas.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+            path, optimize=True
+        )
+    else:
+        canvas.convert("L").save(path, optimize=True)
+    return path.stat().st_size

@@ -474,7 +474,7 @@ def write_figure(
     crop with its pseudo-mask contour, and the crop's densest 128 px enlarged x2 with the
     contour; per renderer, a tile, with its pseudo-mask contour (red), with its true mask's
     (green), and its densest 128 px enlarged x2 with the pseudo-mask contour. Returns the file's size."""
-    tile, gap, head, side = 256, 6, 16, 150
+    tile = _common.PANEL
     rows: list[tuple[str, list[np.ndarray], list[str]]] = []
     for stem, s in real.items():
         items = s["items"]
@@ -519,22 +519,7 @@ def write_figure(
                 ],  # fmt: skip
             )
         )
-    width = side + 4 * (tile + gap)
-    height = len(rows) * (tile + head + gap)
-    canvas = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    for r, (label, panels, titles) in enumerate(rows):
-        y0 = r * (tile + head + gap)
-        draw.multiline_text((4, y0 + head + 4), label, fill=(0, 0, 0))
-        for c, (panel, title) in enumerate(zip(panels, titles, strict=True)):
-            x0 = side + c * (tile + gap)
-            draw.text((x0 + 2, y0 + 2), title, fill=(0, 0, 0))
-            canvas.paste(Image.fromarray(panel), (x0, y0 + head))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A 256-colour palette (greys, the contour colours): about half the bytes of RGB.
-    palette = canvas.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-    palette.save(path, optimize=True)
-    return path.stat().st_size
+    return _common.panel_grid(rows, path, palette=True)
 
 
 def _field(source: Path, stem: str, method: PseudoMaskMethod) -> tuple[np.ndarray, np.ndarray]:

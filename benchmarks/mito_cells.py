@@ -45,7 +45,6 @@ import _common
 import numpy as np
 from _common import ROOT, emit, shown
 from _realism_structure import MITO_DATA, _grey, pool_reports, row
-from PIL import Image, ImageDraw
 
 from synthesis.groundtruth.pseudo_masks import DEFAULT_MITO, pseudo_mask
 from synthesis.levels import PIXEL_SIZE_UM
@@ -171,7 +170,6 @@ def write_figure(
 ) -> int:
     """Rows: four ``cells`` renders; their true masks; two HCS crops and two ``worms``
     renders; their (pseudo- or true) masks. Returns the file's size."""
-    tile, gap, head, side = 256, 6, 16, 150
     fracs = [float(m.mean()) for m in real[1]]
     order = np.argsort(fracs)
     picks = [int(order[int(q * (len(order) - 1))]) for q in (0.5, 0.85)]
@@ -187,20 +185,7 @@ def write_figure(
          [_mask_rgb(real[1][k]) for k in picks] + [_mask_rgb(m) for m in worms[1][:2]],
          ["HCS pseudo-mask"] * 2 + ["worms mask"] * 2),
     ]  # fmt: skip
-    width = side + 4 * (tile + gap)
-    height = len(rows) * (tile + head + gap)
-    canvas = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    for r, (label, panels, titles) in enumerate(rows):
-        y0 = r * (tile + head + gap)
-        draw.multiline_text((4, y0 + head + 4), label, fill=(0, 0, 0))
-        for c, (panel, title) in enumerate(zip(panels, titles, strict=True)):
-            x0 = side + c * (tile + gap)
-            draw.text((x0 + 2, y0 + 2), title, fill=(0, 0, 0))
-            canvas.paste(Image.fromarray(panel), (x0, y0 + head))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.convert("L").save(path, optimize=True)
-    return path.stat().st_size
+    return _common.panel_grid(rows, path, palette=False)
 
 
 # ----------------------------------------------------------------------------- main
