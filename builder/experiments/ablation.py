@@ -623,20 +623,9 @@ def _run(
             render = {"seconds": round(time.perf_counter() - t0, 2), **train[2]}
             logger.info("ablation: %s rendered (%s)", variant.name, render)
         (tx, tm, _), (vx, vm, _) = made[0]
-        path.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        model, saved = fit_reference(
-            tx,
-            tm,
-            vx,
-            vm,
-            path=path,
-            config=CONFIG,
-            seed=seed,
-            device=device,
-            epochs=opts.epochs,
-            progress=progress,
-            extra={"seed": seed, "ablation": opts.run_recipe(variant, seed)},
+        model, saved = _fit(
+            opts, path, (tx, tm, vx, vm), seed, device, progress, opts.run_recipe(variant, seed)
         )
         train_s = round(time.perf_counter() - t0, 2)
     if not test:
@@ -661,6 +650,30 @@ def _run(
     return {**run, "reused": False}
 
 
+def _fit(
+    opts: AblationOptions,
+    path: Path,
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    seed: int,
+    device: torch.device,
+    progress: ProgressFactory | None,
+    recipe: dict[str, Any],
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The reference U-Net trained on ``data`` (train images, masks, validation images,
+    masks) with training seed ``seed``, saved to ``path`` with ``recipe`` in its card."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return fit_reference(
+        *data,
+        path=path,
+        config=CONFIG,
+        seed=seed,
+        device=device,
+        epochs=opts.epochs,
+        progress=progress,
+        extra={"seed": seed, "ablation": recipe},
+    )
+
+
 def _feature_network(
     opts: AblationOptions,
     data: AblationData,
@@ -679,21 +692,8 @@ def _feature_network(
             real_train.append(data.real("train"))
         _, tx, tm = real_train[0]
         _, vx, vm = data.real("validation")
-        path.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        fit_reference(
-            tx,
-            tm,
-            vx,
-            vm,
-            path=path,
-            config=CONFIG,
-            seed=0,
-            device=device,
-            epochs=opts.epochs,
-            progress=progress,
-            extra={"seed": 0, "ablation_features": opts.features_recipe()},
-        )
+        _fit(opts, path, (tx, tm, vx, vm), 0, device, progress, opts.features_recipe())
         logger.info("ablation: trained the feature network in %.0f s", time.perf_counter() - t0)
     model, _ = load_model(path, device="cpu")
     return model.eval()
