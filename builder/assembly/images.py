@@ -71,6 +71,7 @@ class ConfigImages:
             seed=opts.seed,
             counts=opts.counts,
             mito_masks=opts.mito_masks if config == "mito" else "worms",
+            pixel_sizes=opts.source_pixel_size or None,
         )
         self.specs = resolve_splits(opts.splits, with_real=self.source.has_real_images)
         self._clean_cache: dict[str, Any] = {}

@@ -45,6 +45,9 @@ class BuildOptions:
     train_epochs: int | None = None
     #: The mito mask generator (procedural source): ``worms`` (default) or ``cells``.
     mito_masks: str = "worms"
+    #: µm per pixel of an images-only source's images, by stem (``"*"``: all); empty: what
+    #: the files state (docs/definitions.md#pixel-size-of-a-source).
+    source_pixel_size: dict[str, float] = field(default_factory=dict)
     progress: ProgressFactory | None = None
     #: Seconds a rank of a multi-process launch waits to reach the rendezvous.
     rendezvous_timeout: float = RENDEZVOUS_TIMEOUT_S
@@ -94,6 +97,16 @@ class BuildOptions:
                 f"--mito-masks {self.mito_masks} applies to the mito config, which this build "
                 f"leaves out (--config {' '.join(self.configs)})"
             )
+        if self.source_pixel_size:
+            from synthesis.groundtruth.sources.pixel_size import check_pixel_size
+
+            if self.source == "procedural":
+                raise InputError(
+                    "--source-pixel-size gives the pixel size of a source's images; "
+                    "--source procedural has none"
+                )
+            for stem, um in self.source_pixel_size.items():
+                check_pixel_size(um, repr(stem))
         if self.out.exists() and not self.out.is_dir():
             raise InputError(f"output path {self.out} exists and is not a folder")
         if self.source != "procedural" and not Path(self.source).exists():
@@ -104,7 +117,8 @@ class BuildOptions:
 
     def recipe(self) -> dict[str, Any]:
         """What determines the bytes. ``mito_masks`` appears only when it is not the
-        default ``worms``, so a default build's recipe (and manifest) is as before."""
+        default ``worms``, and ``source_pixel_size`` only when given, so a default build's
+        recipe (and manifest) is as before."""
         source = self.source if self.source == "procedural" else os.path.normpath(self.source)
         out = {
             "configs": sorted(self.configs, key=CONFIGS.index),
@@ -122,4 +136,6 @@ class BuildOptions:
         }
         if self.mito_masks != "worms":
             out["mito_masks"] = self.mito_masks
+        if self.source_pixel_size:  # likewise: only when given
+            out["source_pixel_size"] = dict(sorted(self.source_pixel_size.items()))
         return out

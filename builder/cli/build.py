@@ -23,7 +23,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
         "--source",
         default="procedural",
         help="'procedural' (embedded default, no download) or a path: BBBC038 stage1_train "
-        "folder/zip, Luo et al. pair lists, or a folder with images/ and masks/",
+        "folder/zip, Luo et al. pair lists, a folder with images/ and masks/, or a folder "
+        "with images/ alone (pseudo-masks)",
     )
     common.add_splits(
         p,
@@ -59,6 +60,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
         help="mito mask generator (procedural source): worms spread over the tile, or cells "
         "(nuclei, networks packed around them, empty space between cells; 0.085 um/px)",
     )
+    common.add_source_pixel_size(p)
     p.add_argument(
         "--noise-model",
         default="poisson_gaussian",
@@ -98,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         noise_model=args.noise_model,
         train_epochs=args.train_epochs,
         mito_masks=args.mito_masks,
+        source_pixel_size=common.source_pixel_sizes(args.source_pixel_size),
         progress=common.progress,
         rendezvous_timeout=args.rendezvous_timeout,
     )

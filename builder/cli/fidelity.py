@@ -33,8 +33,9 @@ def add_arguments(
         required=source is None,
         default=source,
         help="real images with masks: a BBBC038 stage1_train folder or zip, Luo pair lists, "
-        "or a folder of images/ + masks/",
+        "or a folder of images/ + masks/; or a folder of images/ alone (pseudo-masks)",
     )
+    common.add_source_pixel_size(p)
     p.add_argument(
         "--out",
         type=Path,
@@ -98,6 +99,7 @@ def options(args: argparse.Namespace) -> FidelityOptions:
         real_model=args.real_model,
         device=args.device,
         overwrite=args.overwrite,
+        source_pixel_size=common.source_pixel_sizes(getattr(args, "source_pixel_size", None)),
     )
 
 

@@ -16,9 +16,18 @@ For each renderer (``physics``, ``naive``, and ``gan`` when weights are given):
    on the tiles both keep; ``real_sib_L`` / ``real_svb_L`` against ``real`` (they keep the
    native noise);
 5. the gap per family = mean over levels of |robustness_synthetic - robustness_real|;
+   and the **consistency-based** gap, which needs no labels: the same gap of the
+   consistency curves, 100 x the consistency (IoU of the model's prediction on a degraded
+   split against its own prediction on the same tiles at the reference condition of step 4,
+   ``test``, ``real_snr_8`` or ``real``) per level, synthetic against real;
 6. over the training seeds: the mean and the sample sd of every score
    (:func:`aggregate_seeds`), and, per pair of renderers, whether their real-image IoUs at
    native noise differ by more than the spread (:func:`differs`).
+
+Images without manual masks (an images-only source) work the same way: the masks are
+pseudo-masks, and the results (``masks``) and reports say so; their pixel sizes
+(``source_pixel_size`` overrides what the files state) decide how the images are resampled
+to the config's stated pixel size before they are pseudo-masked and tiled.
 
 Also: each model's IoU on the real tiles at native noise and at the reference SNR (does
 training on this renderer transfer?), the same U-Net trained on the real ``train`` tiles
@@ -39,7 +48,7 @@ import logging
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,8 +57,10 @@ from builder.assembly import BuildOptions, build
 from builder.assembly.options import RENDERERS
 from builder.assembly.reference import fit_reference, read_split
 from builder.distributed import SOLO, Context
-from builder.evaluation.scoring import open_splits, per_image_counts
+from builder.evaluation.model_loading import predict
+from builder.evaluation.scoring import Packed, open_splits, pack, per_image_counts, unpack
 from builder.package.card import number_cell, spread_cell
+from builder.package.manifest import pseudo_mask_method
 from synthesis.metrics import iou_of_counts
 from synthesis.normalize import zscore
 from synthesis.runtime.device import resolve_device
@@ -108,6 +119,9 @@ class FidelityOptions:
     real_model: bool = True
     device: str | None = None
     overwrite: bool = False
+    #: µm per pixel of an images-only source's images by stem (``"*"``: all); empty: what
+    #: the files state (docs/definitions.md#pixel-size-of-a-source).
+    source_pixel_size: dict[str, float] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Raises :class:`InputError` for a source that does not exist, unknown renderers or
@@ -126,6 +140,11 @@ class FidelityOptions:
             raise InputError(f"{self.weights}: GAN weights must be a folder")
         if self.seeds < 1:
             raise InputError(f"seeds must be at least 1. Got {self.seeds}")
+        if self.source_pixel_size:
+            from synthesis.groundtruth.sources.pixel_size import check_pixel_size
+
+            for stem, um in self.source_pixel_size.items():
+                check_pixel_size(um, repr(stem))
 
     def training_seeds(self) -> list[int]:
         """The training seeds of every U-Net: ``seed, seed + 1, ..., seed + seeds - 1``."""
@@ -147,7 +166,14 @@ class FidelityOptions:
             "epochs": self.epochs,
             "seed": self.seed,
             "real_model": self.real_model,
+            **self._pixel_recipe(),
         }
+
+    def _pixel_recipe(self) -> dict[str, Any]:
+        """``source_pixel_size`` when given (absent otherwise: recipes as before)."""
+        if not self.source_pixel_size:
+            return {}
+        return {"source_pixel_size": dict(sorted(self.source_pixel_size.items()))}
 
 
 def fidelity(
@@ -227,6 +253,12 @@ def fidelity(
             results["residual_noise"] = _residual_noise(opts, pkg)
             manifest = json.loads((pkg / "manifest.json").read_text())
             results["native_snr"] = manifest["configs"][opts.config].get("native_snr")
+            method = pseudo_mask_method(manifest, opts.config)
+            if method is not None:  # images without manual masks: say so
+                results["masks"] = {"kind": "pseudo", "pseudo_mask": method}
+            source = manifest["configs"][opts.config].get("source") or {}
+            if source.get("pixel_size"):
+                results["pixel_size"] = source["pixel_size"]
         logger.info(
             "fidelity: %s gaps (mean over %d seeds) %s",
             renderer,
@@ -267,7 +299,8 @@ def aggregate_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and sample sd (:func:`mean_sd`) over the per-seed results of one renderer (or of
     the real-trained U-Net) of: ``iou_test``, ``iou_real``, ``iou_real_snr_8``, ``val_iou``;
     per family, the gap and the synthetic and real robustness per level (a level none of the
-    seeds defines is left out); per split, the IoU, precision and recall. A key none of the
+    seeds defines is left out); the same of the consistency curves (``consistency``:
+    ``{"families": ...}``); per split, the IoU, precision and recall. A key none of the
     results has is left out.
 
     Args:
@@ -284,18 +317,12 @@ def aggregate_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
         if any(key in r for r in per_seed):
             out[key] = mean_sd([r.get(key) for r in per_seed])
     if any("families" in r for r in per_seed):
-        families: dict[str, Any] = {}
-        for family, levels in FAMILIES.items():
-            data = [r["families"][family] for r in per_seed if family in r.get("families", {})]
-            fam: dict[str, Any] = {"gap": mean_sd([d["gap"] for d in data])}
-            for kind in ("synthetic", "real"):
-                fam[kind] = {
-                    lv: mean_sd([_at(d[kind], lv) for d in data])
-                    for lv in levels
-                    if any(_at(d[kind], lv) is not None for d in data)
-                }
-            families[family] = fam
-        out["families"] = families
+        out["families"] = _aggregate_families([r.get("families", {}) for r in per_seed])
+    if any("consistency" in r for r in per_seed):
+        cons = [r.get("consistency") or {} for r in per_seed]
+        out["consistency"] = {
+            "families": _aggregate_families([c.get("families", {}) for c in cons])
+        }
     if any("splits" in r for r in per_seed):
         names = list(dict.fromkeys(s for r in per_seed for s in r.get("splits", {})))
         out["splits"] = {
@@ -306,6 +333,23 @@ def aggregate_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
             for s in names
         }
     return out
+
+
+def _aggregate_families(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per family, :func:`mean_sd` over the seeds of the gap and of the synthetic and real
+    curves per level (:func:`curves` results, one per seed)."""
+    families: dict[str, Any] = {}
+    for family, levels in FAMILIES.items():
+        data = [r[family] for r in per_seed if family in r]
+        fam: dict[str, Any] = {"gap": mean_sd([d["gap"] for d in data])}
+        for kind in ("synthetic", "real"):
+            fam[kind] = {
+                lv: mean_sd([_at(d[kind], lv) for d in data])
+                for lv in levels
+                if any(_at(d[kind], lv) is not None for d in data)
+            }
+        families[family] = fam
+    return families
 
 
 def differs(
@@ -388,25 +432,45 @@ def score(
 ) -> dict[str, Any]:
     """Per-image scores of ``model`` on every evaluated split of ``pkg``, summarised as
     :func:`curves`, the IoU on ``test``, ``real`` and ``real_snr_8``, and what the manifest
-    says of the real tiles."""
+    says of the real tiles; and ``consistency``: :func:`curves` of the consistency counts
+    (each split's predictions against the model's own on the same tiles at the reference
+    condition, :func:`consistency_reference`), which need no labels."""
     manifest = json.loads((pkg / "manifest.json").read_text())
     splits = manifest["configs"][config]["splits"]
     names = [s for s in splits if s not in ("train", "validation")]
+    # The reference conditions first: the other splits' consistency compares against them.
+    references = {consistency_reference(s) for s in names} - {None}
+    order = [s for s in names if s in references] + [s for s in names if s not in references]
     bar = (progress or no_progress)(len(names), f"{config} {pkg.name}: scoring", "split")
     counts: dict[str, Counts] = {}
+    agreement: dict[str, Counts] = {}
+    kept: dict[str, dict[str, Packed]] = {}
     opened = open_splits(str(pkg), config)
-    for s in names:
-        counts[s] = per_image_counts(
-            str(pkg), config, s, model, zscore, device=device, opened=opened
-        )
+    for s in order:
+        ref = consistency_reference(s)
+        keep: dict[str, Packed] | None = {} if s in references else None
+        against = kept.get(ref) if ref is not None and ref != s else None
+        counts[s], cons = _counts_and_consistency(opened[s], model, device, keep, against)
+        if keep is not None:
+            kept[s] = keep
+        if ref == s:  # a reference condition agrees with itself: (|C|, |C|, |C|, |C|)
+            agreement[s] = {i: (c[2],) * 4 for i, c in counts[s].items()}
+        elif cons is not None:
+            agreement[s] = cons
         bar.update(1)
     bar.close()
+    counts = {s: counts[s] for s in names}  # in the manifest's order, as before
+    agreement = {s: agreement[s] for s in names if s in agreement}
     return {
         "splits": {s: split_scores(c) for s, c in counts.items()},
         "iou_test": iou(counts["test"]),
         "iou_real": iou(counts["real"]) if "real" in counts else None,
         "iou_real_snr_8": iou(counts["real_snr_8"]) if "real_snr_8" in counts else None,
         "families": curves(counts),
+        "consistency": {
+            "families": curves(agreement),
+            "splits": {s: iou(c) for s, c in agreement.items()},
+        },
         "skipped_below_target": {
             s: v.get("skipped_below_target", 0)
             for s, v in splits.items()
@@ -414,6 +478,65 @@ def score(
         },
         "native_snr": manifest["configs"][config].get("native_snr"),
     }
+
+
+def consistency_reference(split: str) -> str | None:
+    """The split whose predictions a split's consistency is measured against in fidelity:
+    its reference condition (the one its robustness divides by), ``test`` for ``test`` and
+    the synthetic families, ``real_snr_8`` for ``real_snr_*``, ``real`` for ``real`` and
+    ``real_sib_*`` / ``real_svb_*``; None for the others. (``evaluate`` compares
+    ``real_snr_*`` with ``real`` instead: fidelity compares like with like, SNR 8.)
+
+    Example:
+        >>> [consistency_reference(s) for s in ("snr_2", "real_snr_2", "real_sib_3", "clean")]
+        ['test', 'real_snr_8', 'real', None]
+    """
+    if split == "test" or split.split("_")[0] in FAMILIES:
+        return "test"
+    if split == "real":
+        return "real"
+    for family, reference in REAL_REFERENCE.items():
+        if split.startswith(f"real_{family}_"):
+            return reference
+    return None
+
+
+def _counts_and_consistency(
+    ds: Any,
+    model: torch.nn.Module,
+    device: torch.device,
+    keep: dict[str, Packed] | None,
+    against: dict[str, Packed] | None,
+    batch_size: int = 16,
+) -> tuple[Counts, Counts | None]:
+    """Per image of a split (``ds``, opened): the label counts (:func:`~builder.evaluation.
+    scoring.per_image_counts`' exactly: the same batches) and, where ``against`` holds the
+    predictions at the reference condition, the consistency counts (intersection, union,
+    degraded, reference) on the ids both have. ``keep``: the predictions are stored there."""
+    import torch
+
+    import fluorobench_c
+    from builder.evaluation.scoring import counts_of
+
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, collate_fn=fluorobench_c.collate
+    )
+    counts: Counts = {}
+    cons: Counts | None = None if against is None else {}
+    for batch in loader:
+        ids = list(batch["id"])
+        pred = predict(model, zscore(batch["image"].to(device))).cpu()
+        mask = batch["mask"].cpu() != 0
+        counts.update(counts_of(ids, pred, mask))
+        if keep is not None:
+            keep.update(zip(ids, map(pack, pred), strict=True))
+        if cons is not None:
+            assert against is not None
+            both = [i for i, rid in enumerate(ids) if rid in against]
+            if both:
+                ref = torch.stack([unpack(against[ids[i]]) for i in both])
+                cons.update(counts_of([ids[i] for i in both], pred[both], ref))
+    return counts, cons
 
 
 def residual_noise(pkg: Path, config: str) -> dict[str, float]:
@@ -462,6 +585,7 @@ def fidelity_markdown(results: dict[str, Any]) -> str:
     lines = [
         f"# Fidelity: {results['config']} from `{results['source']}`",
         "",
+        *_masks_lines(results),
         "Robustness = 100 x IoU / IoU at the reference condition, on the same tiles; gap = mean "
         "over levels of |synthetic - real| (docs/definitions.md#fidelity).",
         "",
@@ -493,6 +617,22 @@ def fidelity_markdown(results: dict[str, Any]) -> str:
         )
     for name, why in results.get("skipped", {}).items():
         lines += ["", f"{name}: skipped ({why})."]
+    cons = {n: a["consistency"]["families"] for n, a in renderers.items() if "consistency" in a}
+    if cons:
+        lines += [
+            "",
+            "Consistency-based gaps (no labels: the same gap of 100 x the consistency, the IoU "
+            "of each degraded split's predictions against the model's own at the reference "
+            "condition, synthetic against real):",
+            "",
+            "| trained on | label gap SNR | label gap SIB | label gap SVB "
+            "| consistency gap SNR | consistency gap SIB | consistency gap SVB |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, fams in cons.items():
+            label = [_spread(renderers[name]["families"][f]["gap"], 1) for f in FAMILIES]
+            by_cons = [_spread(fams[f]["gap"], 1) for f in FAMILIES]
+            lines.append(f"| {name} | " + " | ".join(label + by_cons) + " |")
     if len(renderers) > 1:
         lines += [
             "",
@@ -559,6 +699,40 @@ def fidelity_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _masks_lines(results: dict[str, Any]) -> list[str]:
+    """What the report says of pseudo-masks and pixel sizes (nothing for manual masks)."""
+    lines: list[str] = []
+    masks = results.get("masks")
+    if masks and masks.get("kind") == "pseudo":
+        name = (masks.get("pseudo_mask") or {}).get("name", "?")
+        lines += [
+            "**The masks are pseudo-masks** (real images without manual masks: a classical "
+            f"segmentation, `{name}`, docs/definitions.md#pseudo-masks), not ground truth: "
+            "label-based IoUs and gaps are measured against them; the consistency-based gaps "
+            "need no labels.",
+            "",
+        ]
+    pixel = results.get("pixel_size")
+    if pixel:
+        target = pixel.get("target_um")
+        said = []
+        for key, im in (pixel.get("images") or {}).items():
+            um = im.get("pixel_size_um")
+            if um is None:
+                said.append(f"`{key}` unknown (used as it is)")
+            elif im.get("scale", 1.0) != 1.0:
+                said.append(f"`{key}` {um:g} µm ({im.get('from')}), resampled x{im['scale']:.3g}")
+            else:
+                said.append(f"`{key}` {um:g} µm ({im.get('from')})")
+        lines += [
+            "Pixel sizes: "
+            + ", ".join(said)
+            + (f"; the config's is {target:g} µm/px." if target else "."),
+            "",
+        ]
+    return lines
+
+
 def plot_curves(results: dict[str, Any], path: Path) -> None:
     """Synthetic and real robustness against level, one row per renderer, one column per
     family: the mean over the training seeds, with an error bar of the sample sd."""
@@ -619,6 +793,7 @@ def _build_package(opts: FidelityOptions, renderer: str, progress: ProgressFacto
             device=opts.device,
             renderer=renderer,
             weights=opts.weights if renderer == "gan" else None,
+            source_pixel_size=dict(opts.source_pixel_size),
             overwrite=opts.overwrite,
             progress=progress,
         )
@@ -649,6 +824,7 @@ def _model_path(opts: FidelityOptions, trained_on: str, seed: int) -> Path:
         "validation": opts.validation,
         "epochs": opts.epochs,
         "seed": seed,
+        **opts._pixel_recipe(),
     }
     if trained_on != "real":  # the package's train split: its manifest fixes its bytes
         manifest = opts.work / "packages" / trained_on / "manifest.json"
@@ -805,7 +981,15 @@ def _real_tiles(
 
         if not opened:
             counts = {"train": opts.train, "validation": opts.validation, "test": opts.test}
-            opened.append(open_source(str(opts.source), opts.config, seed=opts.seed, counts=counts))
+            opened.append(
+                open_source(
+                    str(opts.source),
+                    opts.config,
+                    seed=opts.seed,
+                    counts=counts,
+                    pixel_sizes=opts.source_pixel_size or None,
+                )
+            )
         src = opened[0]
         x, m, _ = stack_items(src.load(src.ids(split)))
         return x, m

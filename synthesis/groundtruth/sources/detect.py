@@ -21,6 +21,7 @@ def open_source(
     seed: int,
     counts: dict[str, int | None] | None = None,
     mito_masks: str = "worms",
+    pixel_sizes: dict[str, float] | None = None,
 ) -> Source:
     """Open ``source`` for ``structure``: ``"procedural"`` or a path (kind auto-detected).
 
@@ -34,6 +35,8 @@ def open_source(
         mito_masks: the procedural mito generator, ``worms`` or ``cells``
             (:data:`synthesis.groundtruth.masks.MITO_MASKS`); real sources take only
             ``worms`` (the default: no generator).
+        pixel_sizes: µm per pixel by image stem (``"*"``: every image), overriding what the
+            files state (:mod:`.pixel_size`); only an images-only source takes them.
 
     Returns:
         A :class:`Source`; real sources have read and checked every image already.
@@ -48,6 +51,8 @@ def open_source(
     bad = [k for k in counts if k not in SPLITS]
     if bad:
         raise SourceError(f"counts must be keyed by {SPLITS}. Got {sorted(counts)}")
+    if pixel_sizes and str(source) == "procedural":
+        raise SourceError("pixel sizes are given for a source's images; procedural has none")
     if str(source) == "procedural":
         return ProceduralSource(structure, seed=seed, counts=counts, mito_masks=mito_masks)
     if mito_masks != "worms":
@@ -65,7 +70,7 @@ def open_source(
     elif (path / "images").is_dir() and (path / "masks").is_dir():
         src = FolderSource(path, structure, counts=counts)
     elif (path / "images").is_dir() and not (path / "masks").exists():
-        src = ImagesOnlySource(path, structure, counts=counts)
+        src = ImagesOnlySource(path, structure, counts=counts, pixel_sizes=pixel_sizes)
     elif (path / "stage1_train").is_dir():
         src = BBBC038Source(path / "stage1_train", structure, counts=counts)
     elif any(_is_bbbc038_entry(d) for d in path.iterdir()):
@@ -77,6 +82,11 @@ def open_source(
             f"cannot tell what {path} holds: expected images/ and masks/ folders, an images/ "
             "folder alone (pseudo-masks), a BBBC038 stage1_train folder or zip, or Luo pair "
             f"lists (*.txt). Got {_listing(path)}"
+        )
+    if pixel_sizes and not isinstance(src, ImagesOnlySource):
+        raise SourceError(
+            f"--source-pixel-size applies to a folder of images without masks (pseudo-masks); "
+            f"{path} is a {src.kind} source, used at its own pixel size"
         )
     src.scan()
     return src
