@@ -278,7 +278,40 @@ def cldice(pred: np.ndarray | Tensor, target: np.ndarray | Tensor) -> float:
     return cldice_of_counts(sp.sum(), (sp & g).sum(), sg.sum(), (sg & p).sum())
 
 
-class TopologyScores:
+class _SplitState:
+    """A split's accumulators ``STATE`` (floats where named in ``_FLOATS``, counts
+    elsewhere), as :class:`synthesis.metrics.SegmentationScores`: :meth:`state` gives them as
+    numbers whose sum over processes is the state of the whole split."""
+
+    STATE: tuple[str, ...] = ()
+    _FLOATS: frozenset[str] = frozenset()
+
+    def __init__(self) -> None:
+        self._v: dict[str, float] = {k: (0.0 if k in self._FLOATS else 0) for k in self.STATE}
+
+    def state(self) -> list[float]:
+        """The accumulators as numbers (counts are exact in float64 below 2**53)."""
+        return [float(self._v[k]) for k in self.STATE]
+
+    def _load(self, values: Sequence[float]) -> None:
+        for k, v in zip(self.STATE, values, strict=True):
+            self._v[k] = float(v) if k in self._FLOATS else int(v)
+
+    def _images(self) -> int:
+        """The number of images added.
+
+        Raises:
+            ValueError: none.
+        """
+        n = int(self._v["images"])
+        if n == 0:
+            raise ValueError(
+                f"{type(self).__name__}.compute needs at least one update. Got 0 images"
+            )
+        return n
+
+
+class TopologyScores(_SplitState):
     """Accumulates clDice and the Betti-number errors over a split, batch by batch.
 
     A split reports ``cldice`` (pooled: the four skeleton counts summed over images, then
@@ -298,21 +331,13 @@ class TopologyScores:
 
     #: The accumulators, in the order of :meth:`state`.
     STATE = (*TopologyCounts._fields, "cldice_sum", "beta0_error_sum", "beta1_error_sum", "images")
-
-    def __init__(self) -> None:
-        self._v = dict.fromkeys(self.STATE, 0)
-        self._v["cldice_sum"] = 0.0
-
-    def state(self) -> list[float]:
-        """The accumulators as numbers (counts are exact in float64 below 2**53)."""
-        return [float(self._v[k]) for k in self.STATE]
+    _FLOATS = frozenset({"cldice_sum"})
 
     @classmethod
     def from_state(cls, values: Sequence[float]) -> TopologyScores:
         """The scores whose :meth:`state` is ``values``."""
         scores = cls()
-        for k, v in zip(cls.STATE, values, strict=True):
-            scores._v[k] = float(v) if k == "cldice_sum" else int(v)
+        scores._load(values)
         return scores
 
     def add(self, counts: TopologyCounts) -> None:
@@ -336,10 +361,7 @@ class TopologyScores:
         Raises:
             ValueError: nothing was added.
         """
-        v = self._v
-        n = v["images"]
-        if n == 0:
-            raise ValueError("TopologyScores.compute needs at least one update. Got 0 images")
+        v, n = self._v, self._images()
         sp, st = v["skeleton_pred"], v["skeleton_target"]
         return {
             "cldice": cldice_of_counts(*(v[k] for k in TopologyCounts._fields[:4])),
@@ -571,7 +593,7 @@ def object_counts(pred: np.ndarray | Tensor, target: np.ndarray | Tensor) -> Obj
     return ObjectCounts(n_t, n_p, tuple(tp), float(iou[iou > 0.5].sum()))
 
 
-class ObjectScores:
+class ObjectScores(_SplitState):
     """Accumulates object scores over a split, batch by batch.
 
     A split reports ``ap`` (the 2018 Data Science Bowl score: the mean over images of each
@@ -602,19 +624,11 @@ class ObjectScores:
     )
     _FLOATS = frozenset(k for k in STATE if "sum" in k)
 
-    def __init__(self) -> None:
-        self._v: dict[str, float] = {k: (0.0 if k in self._FLOATS else 0) for k in self.STATE}
-
-    def state(self) -> list[float]:
-        """The accumulators as numbers (counts are exact in float64 below 2**53)."""
-        return [float(self._v[k]) for k in self.STATE]
-
     @classmethod
     def from_state(cls, values: Sequence[float]) -> ObjectScores:
         """The scores whose :meth:`state` is ``values``."""
         scores = cls()
-        for k, v in zip(cls.STATE, values, strict=True):
-            scores._v[k] = float(v) if k in cls._FLOATS else int(v)
+        scores._load(values)
         return scores
 
     def add(self, counts: ObjectCounts) -> None:
@@ -643,10 +657,7 @@ class ObjectScores:
         Raises:
             ValueError: nothing was added.
         """
-        v = self._v
-        n = v["images"]
-        if n == 0:
-            raise ValueError("ObjectScores.compute needs at least one update. Got 0 images")
+        v, n = self._v, self._images()
         per_t = [v[f"ap_sum_{t:.2f}"] / n for t in AP_THRESHOLDS]
         tp = v["tp_0.50"]
         pq = panoptic_quality(tp, v["n_true"], v["n_pred"], v["iou_sum"])
@@ -734,20 +745,17 @@ def boundary_scores(
     return hd, nsd
 
 
-class BoundaryScores:
+class BoundaryScores(_SplitState):
     """Accumulates HD95 and NSD over a split: per-image means (``hd95``, ``nsd``), and how
     many images had exactly one empty mask (``one_empty``: their HD95 is the diagonal)."""
 
     #: The accumulators, in the order of :meth:`state`.
     STATE = ("hd95_sum", "nsd_sum", "one_empty", "images")
+    _FLOATS = frozenset({"hd95_sum", "nsd_sum"})
 
     def __init__(self, tolerance: float = NSD_TOLERANCE_PX) -> None:
+        super().__init__()
         self.tolerance = tolerance
-        self._v: dict[str, float] = {"hd95_sum": 0.0, "nsd_sum": 0.0, "one_empty": 0, "images": 0}
-
-    def state(self) -> list[float]:
-        """The accumulators as numbers."""
-        return [float(self._v[k]) for k in self.STATE]
 
     @classmethod
     def from_state(
@@ -755,8 +763,7 @@ class BoundaryScores:
     ) -> BoundaryScores:
         """The scores whose :meth:`state` is ``values``."""
         scores = cls(tolerance)
-        for k, v in zip(cls.STATE, values, strict=True):
-            scores._v[k] = float(v) if k.endswith("_sum") else int(v)
+        scores._load(values)
         return scores
 
     def update(self, pred: np.ndarray | Tensor, target: np.ndarray | Tensor) -> None:
@@ -776,9 +783,7 @@ class BoundaryScores:
         Raises:
             ValueError: nothing was added.
         """
-        n = self._v["images"]
-        if n == 0:
-            raise ValueError("BoundaryScores.compute needs at least one update. Got 0 images")
+        n = self._images()
         return {
             "hd95": self._v["hd95_sum"] / n,
             "nsd": self._v["nsd_sum"] / n,
