@@ -269,11 +269,19 @@ def per_image_counts(
     device: torch.device,
     batch_size: int = 16,
     opened: Mapping[str, Any] | None = None,
+    keep: dict[str, Packed] | None = None,
+    against: Mapping[str, Packed] | None = None,
+    agreement: dict[str, tuple[int, int, int, int]] | None = None,
 ) -> dict[str, tuple[int, int, int, int]]:
     """``id -> (intersection, union, predicted, true)`` pixel counts of the model's foreground
     and the mask, per image of a streamed split: the counts from which the IoU, precision and
     recall of any subset of ids are exact (the fidelity score compares splits on the ids
-    they share). ``opened``: the config's splits from :func:`open_splits`."""
+    they share). ``opened``: the config's splits from :func:`open_splits`.
+
+    ``keep``: each row's prediction is stored there (packed, :func:`pack`). With ``against``
+    (predictions by id, e.g. of the same rows at a reference condition), ``agreement`` gets
+    the same four counts of each row's prediction against ``against[id]`` in place of the
+    mask, for the rows ``against`` holds (per-image consistency counts)."""
     out: dict[str, tuple[int, int, int, int]] = {}
     for ids, pred, mask in _predictions(
         data,
@@ -286,6 +294,15 @@ def per_image_counts(
         opened=opened,
     ):
         out.update(counts_of(ids, pred, mask))
+        if keep is not None:
+            keep.update(zip(ids, map(pack, pred), strict=True))
+        if against is not None and agreement is not None:
+            both = [k for k, i in enumerate(ids) if i in against]
+            if both:
+                import torch
+
+                ref = torch.stack([unpack(against[ids[k]]) for k in both])
+                agreement.update(counts_of([ids[k] for k in both], pred[both], ref))
     return out
 
 

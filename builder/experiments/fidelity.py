@@ -57,8 +57,7 @@ from builder.assembly import BuildOptions, build
 from builder.assembly.options import RENDERERS
 from builder.assembly.reference import fit_reference, read_split
 from builder.distributed import SOLO, Context
-from builder.evaluation.model_loading import predict
-from builder.evaluation.scoring import Packed, open_splits, pack, per_image_counts, unpack
+from builder.evaluation.scoring import Packed, open_splits, per_image_counts
 from builder.package.card import number_cell, spread_cell
 from builder.package.manifest import pseudo_mask_method
 from synthesis.metrics import iou_of_counts
@@ -450,12 +449,24 @@ def score(
         ref = consistency_reference(s)
         keep: dict[str, Packed] | None = {} if s in references else None
         against = kept.get(ref) if ref is not None and ref != s else None
-        counts[s], cons = _counts_and_consistency(opened[s], model, device, keep, against)
+        cons: Counts = {}
+        counts[s] = per_image_counts(
+            str(pkg),
+            config,
+            s,
+            model,
+            zscore,
+            device=device,
+            opened=opened,
+            keep=keep,
+            against=against,
+            agreement=cons,
+        )
         if keep is not None:
             kept[s] = keep
         if ref == s:  # a reference condition agrees with itself: (|C|, |C|, |C|, |C|)
             agreement[s] = {i: (c[2],) * 4 for i, c in counts[s].items()}
-        elif cons is not None:
+        elif against is not None:
             agreement[s] = cons
         bar.update(1)
     bar.close()
@@ -499,44 +510,6 @@ def consistency_reference(split: str) -> str | None:
         if split.startswith(f"real_{family}_"):
             return reference
     return None
-
-
-def _counts_and_consistency(
-    ds: Any,
-    model: torch.nn.Module,
-    device: torch.device,
-    keep: dict[str, Packed] | None,
-    against: dict[str, Packed] | None,
-    batch_size: int = 16,
-) -> tuple[Counts, Counts | None]:
-    """Per image of a split (``ds``, opened): the label counts (:func:`~builder.evaluation.
-    scoring.per_image_counts`' exactly: the same batches) and, where ``against`` holds the
-    predictions at the reference condition, the consistency counts (intersection, union,
-    degraded, reference) on the ids both have. ``keep``: the predictions are stored there."""
-    import torch
-
-    import fluorobench_c
-    from builder.evaluation.scoring import counts_of
-
-    loader = torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, collate_fn=fluorobench_c.collate
-    )
-    counts: Counts = {}
-    cons: Counts | None = None if against is None else {}
-    for batch in loader:
-        ids = list(batch["id"])
-        pred = predict(model, zscore(batch["image"].to(device))).cpu()
-        mask = batch["mask"].cpu() != 0
-        counts.update(counts_of(ids, pred, mask))
-        if keep is not None:
-            keep.update(zip(ids, map(pack, pred), strict=True))
-        if cons is not None:
-            assert against is not None
-            both = [i for i, rid in enumerate(ids) if rid in against]
-            if both:
-                ref = torch.stack([unpack(against[ids[i]]) for i in both])
-                cons.update(counts_of([ids[i] for i in both], pred[both], ref))
-    return counts, cons
 
 
 def residual_noise(pkg: Path, config: str) -> dict[str, float]:
