@@ -209,6 +209,13 @@ def consistency(pred_degraded: Tensor, pred_clean: Tensor) -> Tensor:
         >>> consistency(d, c).tolist()
         [0.5, 1.0]
     """
+    inter, union = _consistency_counts(pred_degraded, pred_clean)
+    return _ratio(inter, union)
+
+
+def _consistency_counts(pred_degraded: Tensor, pred_clean: Tensor) -> tuple[Tensor, Tensor]:
+    """Per image, the intersection and union of the two predictions (checked as
+    :func:`consistency` says)."""
     pred_degraded, pred_clean = _check_pair(
         pred_degraded, pred_clean, ("pred_degraded", "pred_clean")
     )
@@ -218,7 +225,7 @@ def consistency(pred_degraded: Tensor, pred_clean: Tensor) -> Tensor:
             f"pred_degraded and pred_clean must have shape (B, H, W) or (B, 1, H, W). Got {shape}"
         )
     inter, n_degraded, n_clean = _counts(pred_degraded, pred_clean)
-    return _ratio(inter, n_degraded + n_clean - inter)
+    return inter, n_degraded + n_clean - inter
 
 
 def robustness(iou_split: float | Tensor, iou_reference: float | Tensor) -> float:
@@ -383,11 +390,10 @@ class ConsistencyScores:
         Raises:
             TypeError, ValueError: see :func:`consistency`.
         """
-        per_image = consistency(pred_degraded, pred_clean)
-        inter, n_degraded, n_clean = _counts(pred_degraded, pred_clean)
+        inter, union = _consistency_counts(pred_degraded, pred_clean)
         self._inter += int(inter.sum())
-        self._union += int((n_degraded + n_clean - inter).sum())
-        self._consistency_sum += float(per_image.sum())
+        self._union += int(union.sum())
+        self._consistency_sum += float(_ratio(inter, union).sum())
         self._images += pred_degraded.shape[0]
 
     def compute(self) -> dict[str, float | int]:
