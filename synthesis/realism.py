@@ -448,18 +448,26 @@ def feature_distance(
         picks[name] = idx[torch.randperm(idx.numel(), generator=gen)[:pixels]].sort().values
     was_training = network.training
     network.eval()
-    feats = []
+    per_image = real.shape[2] * real.shape[3]
+    # Per set and class, the features of the picked pixels only, gathered batch by batch
+    # (the picks are sorted flat indices over (N, H, W)).
+    feats: list[dict[str, Tensor]] = []
     try:
         with threads(THREADS), torch.no_grad():
             for x in (real, synthetic):
                 z = zscore(x.detach().to("cpu", torch.float32))
-                f = torch.cat([network.features(z[i : i + batch]) for i in range(0, len(z), batch)])
-                feats.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
+                parts: dict[str, list[Tensor]] = {name: [] for name in picks}
+                for i in range(0, len(z), batch):
+                    f = network.features(z[i : i + batch])
+                    f = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
+                    lo, hi = i * per_image, (i + f.shape[0] // per_image) * per_image
+                    for name, idx in picks.items():
+                        mine = idx[(idx >= lo) & (idx < hi)]
+                        parts[name].append(f[mine - lo])
+                feats.append({name: torch.cat(v) for name, v in parts.items()})
     finally:
         network.train(was_training)
-    per_class = {
-        name: frechet_distance(feats[0][idx], feats[1][idx]) for name, idx in picks.items()
-    }
+    per_class = {name: frechet_distance(feats[0][name], feats[1][name]) for name in picks}
     return {
         "fd": math.fsum(per_class.values()) / len(per_class),
         **{f"fd_{name}": v for name, v in per_class.items()},
