@@ -523,7 +523,8 @@ def write_figure(
 
 
 def _field(source: Path, stem: str, method: PseudoMaskMethod) -> tuple[np.ndarray, np.ndarray]:
-    """(the whole image, its pseudo-mask), read as the images-only source reads it."""
+    """(the whole image, its pseudo-mask), decoded as the images-only source decodes it, at
+    the file's own pixel size (not resampled)."""
     from synthesis.groundtruth.sources.readers import _decode
     from synthesis.groundtruth.sources.readers import _grey as grey_of
 

@@ -1,6 +1,6 @@
 """Realism measures: how far rendered images are from real ones, on tensors (no file I/O).
 
-Two kinds (definitions: ``docs/definitions.md#realism``):
+Three kinds (definitions: ``docs/definitions.md#realism``):
 
 - five **paired distances** between a real tile and a rendering of the same mask, each image
   first put on a common scale by :func:`normalise_levels` (minus the 0.5th percentile of its

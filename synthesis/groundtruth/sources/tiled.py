@@ -1,9 +1,11 @@
 """The shared logic of the real sources (:class:`_TiledSource`): scan, split, tile, check, load.
 
-A real source lists its images as :class:`_Pair` (id, image file, mask file(s), split); this
-base reads and checks every one when scanned, cuts it into tiles (:class:`_Tile`), skips
-tiles with too little foreground or background, and loads tiles with their instance labels
-relabelled 1..N (:func:`_relabel`).
+A real source lists its images as :class:`_Pair` (id, image file, mask file(s) or none for an
+images-only source, which makes pseudo-masks, and a split); this base reads and checks every
+one when scanned, cuts it into tiles (:class:`_Tile`), skips tiles with too little
+foreground or background (:meth:`_TiledSource._kept_tiles`), splits by image or, where the
+source says so, by tile, and loads tiles with their instance labels relabelled 1..N
+(:func:`_relabel`).
 """
 
 from __future__ import annotations
