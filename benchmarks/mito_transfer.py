@@ -94,6 +94,21 @@ class TransferOptions:
     real_images: tuple[tuple[str, float, str], ...] = REAL
 
 
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    """``value`` as JSON, written to a temporary name and renamed (never half-written)."""
+    from synthesis.runtime.files import atomic_write_bytes
+
+    atomic_write_bytes(path, (json.dumps(value, indent=2) + "\n").encode())
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A stored record, or {} when it cannot be read (it is then made again)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def condition_name(renderer: str, masks: str) -> str:
     return f"{renderer}-{masks}"
 
@@ -193,10 +208,10 @@ def build_package(opts: TransferOptions, renderer: str, masks: str) -> tuple[Pat
     seconds = time.perf_counter() - t0
     manifest_sha = hashlib.sha256((out / "manifest.json").read_bytes()).hexdigest()
     if stamp.exists():
-        stored = json.loads(stamp.read_text())
+        stored = _read_json(stamp)
         if stored.get("manifest_sha256") == manifest_sha:
             return out, float(stored["seconds"])
-    stamp.write_text(json.dumps({"manifest_sha256": manifest_sha, "seconds": seconds}) + "\n")
+    _write_json(stamp, {"manifest_sha256": manifest_sha, "seconds": seconds})
     return out, seconds
 
 
@@ -225,7 +240,7 @@ def _trained(
     record_path = path.with_name(path.stem + ".train.json")
     if path.exists():
         model, meta = load_model(path, device=device)
-        record = json.loads(record_path.read_text()) if record_path.exists() else {}
+        record = _read_json(record_path) if record_path.exists() else {}
         record.setdefault("val_iou", float(meta["val_iou"]))
         logger.info("mito-transfer: reusing %s", path.name)
         return model.eval(), record, False
@@ -249,7 +264,7 @@ def _trained(
         "best_epoch": int(saved["best_epoch"]),
         "machine": _common.machine(device, threads=True, load=True),
     }
-    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    _write_json(record_path, record)
     logger.info("mito-transfer: trained %s in %.0f s", path.name, record["seconds"])
     return model.eval(), record, True
 
@@ -308,14 +323,14 @@ def unit(
     path = _model_path(opts, pkg, name, seed)
     cache = path.with_name(path.stem + ".scores.json")
     if path.exists() and cache.exists():
-        stored = json.loads(cache.read_text())
+        stored = _read_json(cache)
         if stored.get("real") == real_key and stored.get("model_sha256") == sha256_file(path):
             logger.info("mito-transfer: reusing the scores of %s", path.name)
             return {**stored["result"], "trained_now": False}
     model, record, trained_now = _trained(opts, pkg, path, seed, device)
     res = json.loads(json.dumps({**score_real(model, real, device), "training": record}))
     stored = {"model": path.name, "model_sha256": sha256_file(path), "real": real_key}
-    cache.write_text(json.dumps({**stored, "result": res}, indent=2) + "\n")
+    _write_json(cache, {**stored, "result": res})
     return {**res, "trained_now": trained_now}
 
 

@@ -194,14 +194,20 @@ def test_mito_fidelity_on_pseudo_masks_reports_both_gaps(pseudo_run: Path):
     for name in ("physics", "naive"):
         entry = results["renderers"][name]
         res = entry["seeds"]["0"]
+        gaps = []
         for family in FAMILIES:
             assert family in res["families"] and family in res["consistency"]["families"]
-            gap = res["consistency"]["families"][family]["gap"]
-            assert gap is None or gap >= 0
+            fam = res["consistency"]["families"][family]
+            if fam["gap"] is not None:  # the mean |synthetic - real| of its own curves
+                shared = [k for k in fam["real"] if fam["synthetic"].get(k) is not None]
+                diffs = [abs(fam["synthetic"][k] - fam["real"][k]) for k in shared]
+                assert fam["gap"] == pytest.approx(sum(diffs) / len(diffs))
+                gaps.append(family)
+        assert gaps, "no family has a consistency-based gap"
         assert res["consistency"]["splits"]["test"] == 1.0
         agg = entry["aggregate"]
         assert set(agg["consistency"]["families"]) == set(FAMILIES)
-        assert agg["consistency"]["families"]["sib"]["gap"]["n"] <= 1
+        assert agg["consistency"]["families"][gaps[0]]["gap"]["n"] == 1
     md = (pseudo_run / "fidelity.md").read_text()
     assert "pseudo-masks" in md and "Consistency-based gaps" in md
     row = json.loads((pseudo_run / "packages/naive/manifest.json").read_text())
