@@ -31,6 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 #: The BBBC038 folder the realism scripts read by default (the workspace's shared data).
 BBBC038 = ROOT.parent / "shared" / "data" / "bbbc038-fluorescence" / "stage1_train"
+#: The real mitochondria images (no masks: an images-only source) in the shared data.
+MITO_DATA = ROOT.parent / "shared" / "data" / "mito-fluorescence"
 
 
 # ----------------------------------------------------------------------------- machine

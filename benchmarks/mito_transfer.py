@@ -33,7 +33,8 @@ trains and scores only what is missing. ``mito_transfer.json`` and ``mito_transf
 to ``--out``.
 
     python benchmarks/mito_transfer.py [--real DIR] [--out out/mito-transfer] [--seeds 3]
-        [--epochs 15] [--train 160] [--validation 20] [--seed 0] [--json]
+        [--epochs 15] [--train 160] [--validation 20] [--seed 0]
+        [--conditions physics:worms physics:cells ...] [--json]
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("mito_transfer")
 
 #: The shared real mitochondria (``images/`` inside; no masks).
-MITO_DATA = _common.ROOT.parent / "shared" / "data" / "mito-fluorescence"
+MITO_DATA = _common.MITO_DATA
 CONFIG = "mito"
 #: (renderer, mask generator) per training condition; the first is today's Mito-C.
 CONDITIONS: tuple[tuple[str, str], ...] = (
@@ -522,15 +523,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train", type=int, default=160, help="training tiles per condition")
     p.add_argument("--validation", type=int, default=20)
     p.add_argument("--seed", type=int, default=0, help="build seed of the packages")
+    p.add_argument(
+        "--conditions",
+        nargs="+",
+        default=[f"{r}:{m}" for r, m in CONDITIONS],
+        metavar="RENDERER:MASKS",
+        help="training conditions (default all four)",
+    )
     _common.add_device(p, "cpu")
     _common.add_threads(p)
     _common.add_json(p)
     args = p.parse_args(argv)
     _common.set_threads(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    conditions = tuple(tuple(c.split(":", 1)) for c in args.conditions)
+    bad = [c for c in conditions if c not in CONDITIONS]
+    if bad:
+        p.error(f"--conditions: unknown {bad}; choose from {[':'.join(c) for c in CONDITIONS]}")
     opts = TransferOptions(
         real=args.real,
         out=args.out,
+        conditions=conditions,
         seeds=args.seeds,
         epochs=args.epochs,
         train=args.train,

@@ -53,11 +53,13 @@ REFERENCE_SNR: float = 8.0
 #: percentile of the native SNR of the BBBC038 train tiles, fitted by code
 #: (``synthesis.render.fit.fit_train_snr``, ``benchmarks/fit_renderer.py``): trained at SNR 8
 #: alone, U-Nets learned the noise as a cue and lost nuclei in clean real tiles
-#: (benchmarks/RESULTS.md, "Fidelity over seeds"). ER and mito have no real tiles with masks
-#: to fit on and stay at the reference SNR.
+#: (benchmarks/RESULTS.md, "Fidelity over seeds"). Mito: the same fit on the train tiles of
+#: the shared real mitochondria at Mito-C's pixel size, against their pseudo-masks
+#: (``benchmarks/fit_renderer.py --config mito``). ER has no real image to fit on and stays at
+#: the reference SNR.
 TRAIN_SNR: dict[str, tuple[float, float]] = {
     "er": (REFERENCE_SNR, REFERENCE_SNR),
-    "mito": (REFERENCE_SNR, REFERENCE_SNR),
+    "mito": (REFERENCE_SNR, 1816.0),
     "nucleus": (REFERENCE_SNR, 75.0),
 }
 #: Blur severities of the ``sib_*`` and ``svb_*`` splits.

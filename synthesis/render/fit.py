@@ -45,6 +45,7 @@ __all__ = [
     "background_statistics",
     "fit_background",
     "fit_train_snr",
+    "settings_distance",
     "statistics_distance",
 ]
 
@@ -189,6 +190,25 @@ def fit_background(
         real=real,
         rendered=rendered,
     )
+
+
+def settings_distance(
+    settings: RenderSettings,
+    real_images: Tensor,
+    masks: Tensor,
+    *,
+    instances: Tensor | None = None,
+    structure: str = "nucleus",
+    seed: int = 0,
+    batch: int = 32,
+) -> float:
+    """The :func:`statistics_distance` between real tiles and renders of their masks with
+    ``settings`` (render seeds ``seed + i``, as :func:`fit_background`): how well a fit holds
+    on tiles it was not fitted on."""
+    real = _quantiles(background_statistics(real_images, masks))
+    seeds = seed + torch.arange(masks.shape[0], dtype=torch.int64)
+    rendered = _render_statistics(masks, instances, seeds, settings, structure, batch)
+    return statistics_distance(real, _quantiles(rendered))
 
 
 def _render_statistics(
