@@ -1,31 +1,43 @@
 """The realism report of a filamentous structure (``python benchmarks/realism.py --config mito``
-or ``--config er``): real tiles against the physics and naive renderers, mask-free.
+or ``--config er``): real tiles against rendered sets, mask-free.
 
-Three sets of 256 x 256 tiles, each measured by :func:`synthesis.structure_realism.
-structure_report` on the image and its **pseudo-mask** (the same classical segmentation,
-:func:`synthesis.groundtruth.pseudo_masks.pseudo_mask`, for every image, real or rendered):
+Tile sets of 256 x 256, each measured by :func:`synthesis.structure_realism.structure_report`
+on the image and its **pseudo-mask** (:func:`synthesis.groundtruth.pseudo_masks.pseudo_mask`,
+one method for real and rendered images at the config's pixel size):
 
 - **real**: the tiles of an images-only source (``--source``, a folder of ``images/`` without
   ``masks/``; default the workspace's ``shared/data/mito-fluorescence`` for mito, none for
-  ER), one set per image, each image pseudo-masked whole (before tiling, as the source does;
-  the Otsu floor is a property of the field) by the structure's default method, or by it
-  :meth:`~synthesis.groundtruth.pseudo_masks.PseudoMaskMethod.scaled` for an image sampled
-  more finely (``--scale STEM=FACTOR``; default ``nao_mito=3``: 0.043 um/px, tubules 8-15 px);
-- **physics** and **naive**: the build's own test images of the procedural masks
-  (:class:`builder.assembly.images.ConfigImages`, ``reference_images("test")``: the
-  ``test`` split of ``fluorobench-c build --config <structure>`` at seed 0, the reference
-  SNR 8 through the build camera, Poisson-Gaussian noise), for ``--renderer physics`` and
-  ``--renderer naive``; each tile is pseudo-masked on its own (a tile is a Mito-C field).
-  Their **true** masks are measured beside, and the IoU of pseudo-mask against true mask
-  per tile says how far the pseudo-mask method is from the truth on synthetic images.
+  ER), one set per image, read as :class:`~synthesis.groundtruth.sources.images_only.
+  ImagesOnlySource` reads them: an image whose pixel size is known (``--source-pixel-size
+  STEM=UM``, default ``hcs_wt_mito=0.136`` with the default data; else its TIFF metadata:
+  NAO states 0.0425 µm/px) is resampled to the config's stated pixel size
+  (:data:`synthesis.levels.PIXEL_SIZE_UM`, mito 0.085 µm/px: HCS x1.6, NAO x0.5) and
+  pseudo-masked whole (before tiling) by the default method scaled to that pixel size
+  (:func:`~synthesis.groundtruth.sources.images_only.method_at_target`, mito
+  ``mito-default-x1.6``); an image of unknown pixel size is used as it is, with the
+  unscaled default. Each image's pixel size, resampling and method are recorded
+  (``pixel_size`` in the result). ER states no pixel size: nothing is resampled.
+- **rendered**: the build's own test images of the procedural masks
+  (:class:`builder.assembly.images.ConfigImages`, ``reference_images("test")``: the ``test``
+  split of ``fluorobench-c build --config <structure>`` at seed 0, the reference SNR 8
+  through the build camera), for each renderer and, for mito, each mask generator
+  (``--mito-masks``): ``physics:worms`` (today's Mito-C, **old**), ``physics:cells`` (the
+  cells generator, **new**), ``naive:worms`` and ``naive:cells``; for ER ``physics`` and
+  ``naive``. Each tile is pseudo-masked on its own (a tile is a Mito-C field) by the method
+  the source uses at the config's pixel size (the renders are at it). Their **true** masks
+  are measured beside, and the IoU of pseudo-mask against true mask per tile says how far
+  the pseudo-mask method is from the truth on synthetic images.
 
 A set's report pools its tiles' reports (:func:`pool_reports`: skeleton measures over all
 tiles' skeletons, fractions and spectra averaged, native noise and SNR as the median
-tile's), so :func:`synthesis.structure_realism.compare_reports` gives each synthetic set's
-distances to each real image. Sensitivity (``--sweep PARAM=V1,V2,...``): the real and
-physics sets again with one parameter of the pseudo-mask method changed (lengths scale with
-an image's ``--scale``). The figure (``--grid``) shows each real image's field and a crop,
-and one physics and one naive tile, with their pseudo-mask contours (and the true one).
+tile's), so :func:`synthesis.structure_realism.compare_reports` gives each set's distances
+to each real image, and :func:`verdicts` says per measure whether the new set is closer than
+the old one and than the naive ones (mito). Widths are reported in px and in µm (px times
+the set's pixel size, where known). Sensitivity (``--sweep PARAM=V1,V2,...``, values of the
+method at the config's pixel size): the real and physics sets again with one parameter of
+the pseudo-mask method changed (every real image then gets that method). The figure shows
+each real image's field and a crop, and one tile of each rendered set, with their
+pseudo-mask contours (and the true one).
 """
 
 from __future__ import annotations
@@ -44,27 +56,44 @@ import numpy as np
 from _common import ROOT, emit, shown
 from PIL import Image, ImageDraw
 
-from synthesis.groundtruth.pseudo_masks import DEFAULT_METHODS, PseudoMaskMethod, pseudo_mask
+from synthesis.groundtruth.pseudo_masks import PseudoMaskMethod, pseudo_mask
 from synthesis.structure_realism import QUANTILE_LEVELS, compare_reports, structure_report
 
 #: The real mitochondria the mito report reads by default (read in place, never copied).
-MITO_DATA = ROOT.parent / "shared" / "data" / "mito-fluorescence"
-#: Pseudo-mask scale per image stem of the default data: ``nao_mito`` is sampled at
-#: 0.043 um/px (tubules 8-15 px wide), about 3x finer than the HCS field (2-4 px).
-DEFAULT_SCALES: dict[str, float] = {"nao_mito": 3.0}
-#: Pixel sizes (um) stated by the data (the folder's README, from the image's ImageJ/CZI
-#: metadata: 23.5 px per micron). The HCS field states none.
-PIXEL_UM: dict[str, float] = {"nao_mito": 4.253888e-2}
-#: Default sensitivity sweeps of the pseudo-mask method (parameter: values).
+MITO_DATA = _common.MITO_DATA
+#: ``--source-pixel-size`` of the default data, per config: the HCS field states no pixel
+#: size; 0.136 µm/px is the project's estimate (its tubule widths matched to NAO's in µm).
+PIXEL_SIZES: dict[str, list[str]] = {"mito": ["hcs_wt_mito=0.136"], "er": []}
+#: Default sensitivity sweeps: multiples of the parameter's value in the method at the
+#: config's pixel size (``block_size`` rounded to an odd integer).
 DEFAULT_SWEEPS: dict[str, tuple[float, ...]] = {
-    "block_size": (7, 11, 15, 21),
-    "floor_factor": (0.1, 0.25, 0.5, 1.0),
-    "offset": (0.0, 1.0, 2.0, 4.0),
+    "block_size": (0.65, 1.0, 1.5),
+    "floor_factor": (0.4, 1.0, 2.0),
 }
-RENDERERS = ("physics", "naive")
+#: The rendered sets per config: (name, renderer, mito mask generator).
+RENDERED: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "mito": (
+        ("physics:worms", "physics", "worms"),
+        ("physics:cells", "physics", "cells"),
+        ("naive:worms", "naive", "worms"),
+        ("naive:cells", "naive", "cells"),
+    ),
+    "er": (("physics", "physics", "worms"), ("naive", "naive", "worms")),
+}
+#: Per config: the rendered set judged (``new``) and those it is judged against (issue 23:
+#: new closer than old on every measure, closer than naive on most).
+ROLES: dict[str, dict[str, str]] = {
+    "mito": {
+        "new": "physics:cells",
+        "old": "physics:worms",
+        "naive": "naive:worms",
+        "naive (cells)": "naive:cells",
+    },
+}
 #: The table's columns: (key, header, format).
 COLUMNS = (
     ("width_median", "median width (px)", "{:.2f}"),
+    ("width_median_um", "median width (µm)", "{:.3f}"),
     ("width_iqr", "width IQR (px)", "{:.2f}"),
     ("width_iqr_in_tile", "width IQR in a tile (px)", "{:.2f}"),
     ("branch_points_per_100px", "branch pts / 100 px", "{:.2f}"),
@@ -72,9 +101,14 @@ COLUMNS = (
     ("segment_length_median", "median segment (px)", "{:.1f}"),
     ("foreground_fraction", "fg fraction", "{:.3f}"),
     ("empty_window_share", "empty 64x64 share", "{:.3f}"),
+    ("bg_fg_ratio", "bg / fg", "{:.3f}"),
+    ("fg_cv", "fg CV", "{:.2f}"),
+    ("noise_a", "noise a", "{:.3g}"),
+    ("noise_b", "noise b", "{:.3g}"),
     ("native_snr", "native SNR", "{:.1f}"),
 )
-#: The distance columns (keys of :func:`compare_reports`).
+#: The distance columns (keys of :func:`compare_reports`), the measures :func:`verdicts`
+#: judges.
 DISTANCES = (
     "width_w1",
     "segment_length_w1",
@@ -236,11 +270,15 @@ def pool_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def row(report: dict[str, Any]) -> dict[str, float | None]:
-    """The table's numbers (:data:`COLUMNS`) of a (pooled) report."""
+def row(report: dict[str, Any], pixel_um: float | None = None) -> dict[str, float | None]:
+    """The table's numbers (:data:`COLUMNS`) of a (pooled) report; the median width in µm
+    where the tiles' pixel size ``pixel_um`` is known (else None)."""
     t = report["topology"]
+    noise = report.get("noise", {})
+    width = report["width"]["median"]
     return {
-        "width_median": report["width"]["median"],
+        "width_median": width,
+        "width_median_um": None if width is None or pixel_um is None else width * pixel_um,
         "width_iqr": report["width"]["iqr"],
         "width_iqr_in_tile": report["width"].get("iqr_in_tile"),
         "branch_points_per_100px": t["branch_points_per_100px"],
@@ -248,7 +286,11 @@ def row(report: dict[str, Any]) -> dict[str, float | None]:
         "segment_length_median": t["segment_length"]["median"],
         "foreground_fraction": report["foreground_fraction"],
         "empty_window_share": report["empty_window_share"],
-        "native_snr": report.get("noise", {}).get("native_snr"),
+        "bg_fg_ratio": report["intensity"]["bg_fg_ratio"],
+        "fg_cv": report["intensity"]["fg_cv"],
+        "noise_a": noise.get("a"),
+        "noise_b": noise.get("b"),
+        "native_snr": noise.get("native_snr"),
     }
 
 
@@ -265,43 +307,53 @@ def _spread(values: list[float]) -> dict[str, float]:
 # ----------------------------------------------------------------------------- the sets
 
 
-def methods_for(stems: list[str], base: PseudoMaskMethod, scales: dict[str, float]) -> dict:
-    """The pseudo-mask method of each image stem: ``base``, scaled where ``scales`` says."""
-    return {s: base.scaled(scales[s]) if s in scales else base for s in stems}
-
-
-def _stems(source: Path) -> list[str]:
-    from synthesis.groundtruth.sources import IMAGE_SUFFIXES
-
-    folder = source / "images"
-    return sorted(p.stem for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def real_sets(
-    source: Path, structure: str, methods: dict[str, PseudoMaskMethod], cap: int
+    source: Path,
+    structure: str,
+    pixel_sizes: dict[str, float],
+    cap: int,
+    method: PseudoMaskMethod | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Per image stem: its tiles from the images-only source (pseudo-masked whole by its
-    method), at most ``cap`` (0: all), as ``items`` and the method."""
+    """Per image stem: its tiles from the images-only source with ``pixel_sizes`` (each
+    image resampled to the config's pixel size where its own is known, then pseudo-masked
+    whole by the source's method at that size, or by ``method`` when given), at most
+    ``cap`` (0: all), as ``items``, the ``method`` and its ``pixel_size`` record (from the
+    source's ``scales``: native µm, where it came from, the resampling factor, the pixel
+    size of the tiles, the method's name)."""
+    from synthesis.groundtruth.sources.base import _clean_id
     from synthesis.groundtruth.sources.images_only import ImagesOnlySource
 
+    src = ImagesOnlySource(source, structure, counts={}, method=method, pixel_sizes=pixel_sizes)
+    src.scan()
+    ids = sorted(i for split in ("train", "validation", "test") for i in src.ids(split))
+    loaded = src.load(ids)
+    stems = sorted({Path(it.meta["image_file"]).stem for it in loaded})
     out: dict[str, dict[str, Any]] = {}
-    for method in dict.fromkeys(methods.values()):
-        src = ImagesOnlySource(source, structure, counts={}, method=method)
-        src.scan()
-        ids = sorted(i for split in ("train", "validation", "test") for i in src.ids(split))
-        loaded = src.load(ids)
-        for stem in (s for s, m in methods.items() if m == method):
-            items = [it for it in loaded if Path(it.meta["image_file"]).stem == stem]
-            if cap:
-                items = items[:cap]
-            if items:
-                out[stem] = {"items": items, "method": method}
+    for stem in stems:
+        items = [it for it in loaded if Path(it.meta["image_file"]).stem == stem]
+        if cap:
+            items = items[:cap]
+        s = src.scales[_clean_id(stem)]
+        out[stem] = {
+            "items": items,
+            "method": s["method"],
+            "pixel_size": {
+                "native_um": s["native_um"],
+                "from": s["from"],
+                "scale": s["scale"],
+                "pixel_size_um": s["pixel_size_um"],
+                "pseudo_mask": s["method"].name,
+            },
+        }
     return out
 
 
-def rendered_tiles(structure: str, renderer: str, n: int, seed: int) -> tuple[np.ndarray, ...]:
+def rendered_tiles(
+    structure: str, renderer: str, n: int, seed: int, masks: str = "worms"
+) -> tuple[np.ndarray, ...]:
     """(ADU images, true masks), each ``(n, 256, 256)``: the ``test`` split of a build of
-    ``structure`` with ``renderer`` at the reference SNR, made as the build makes it."""
+    ``structure`` with ``renderer`` (and, for mito, the mask generator ``masks``,
+    ``--mito-masks``) at the reference SNR, made as the build makes it."""
     import torch
 
     from builder.assembly.images import ConfigImages
@@ -315,6 +367,7 @@ def rendered_tiles(structure: str, renderer: str, n: int, seed: int) -> tuple[np
         renderer=renderer,
         splits=["reference"],
         device="cpu",
+        mito_masks=masks,
     )
     adu, mask = ConfigImages(opts, structure, torch.device("cpu")).reference_images("test")
     return adu[:, 0].numpy(), mask[:, 0].numpy()
@@ -332,6 +385,7 @@ def measure_real(sets: dict[str, dict[str, Any]], noise: bool = True) -> dict[st
             tile_iou.append(_iou(fg, pseudo_mask(it.image, s["method"])))
         out[stem] = {
             "method": s["method"].name,
+            "pixel_um": s["pixel_size"]["pixel_size_um"],
             "report": pool_reports(reports),
             "tile_vs_field_iou": _spread(tile_iou),
         }
@@ -377,6 +431,50 @@ def _distances(real: dict[str, Any], syn: dict[str, Any]) -> dict[str, float | N
     return {k: d.get(k) for k in DISTANCES}
 
 
+def verdicts(
+    distances: dict[str, dict[str, dict[str, float | None]]], roles: dict[str, str]
+) -> dict[str, dict[str, dict[str, str]]]:
+    """Per measure of :data:`DISTANCES`, per rival role of ``roles`` (all but ``new``), per
+    real image: ``"closer"`` where the new set's distance to that image is lower than the
+    rival's, ``"tie"`` where equal, ``"farther"`` where higher, ``"n/a"`` where either is
+    undefined; and under ``"all"`` the one word when every image says it, else ``"mixed"``.
+
+    Example:
+        >>> d = {"real:a": {"new": {k: 1.0 for k in DISTANCES},
+        ...                 "old": {k: 2.0 for k in DISTANCES}}}
+        >>> verdicts(d, {"new": "new", "old": "old"})["width_w1"]["old"]
+        {'real:a': 'closer', 'all': 'closer'}
+    """
+    new = roles["new"]
+    out: dict[str, dict[str, dict[str, str]]] = {}
+    for key in DISTANCES:
+        out[key] = {}
+        for role, name in roles.items():
+            if role == "new":
+                continue
+            per: dict[str, str] = {}
+            for real, d in distances.items():
+                a, b = d[new].get(key), d[name].get(key)
+                if a is None or b is None:
+                    per[real] = "n/a"
+                else:
+                    per[real] = "closer" if a < b else "tie" if a == b else "farther"
+            words = set(per.values())
+            per["all"] = words.pop() if len(words) == 1 else "mixed"
+            out[key][role] = per
+    return out
+
+
+def verdict_counts(v: dict[str, dict[str, dict[str, str]]]) -> dict[str, dict[str, int]]:
+    """Per rival role: how many measures say each word under ``"all"``."""
+    out: dict[str, dict[str, int]] = {}
+    for per_role in v.values():
+        for role, per in per_role.items():
+            c = out.setdefault(role, {})
+            c[per["all"]] = c.get(per["all"], 0) + 1
+    return out
+
+
 # ----------------------------------------------------------------------------- sweep
 
 
@@ -384,14 +482,14 @@ def sweep(
     param: str,
     values: list[float],
     structure: str,
+    base: PseudoMaskMethod,
     source: Path | None,
-    scales: dict[str, float],
-    images: np.ndarray,
-    truth: np.ndarray,
+    pixel_sizes: dict[str, float],
+    rendered: dict[str, tuple[np.ndarray, np.ndarray]],
     cap: int,
 ) -> list[dict[str, Any]]:
-    """The real and physics sets again, with ``param`` of the method set to each value."""
-    base = DEFAULT_METHODS[structure]
+    """The real sets and the ``rendered`` sets again, with ``param`` of ``base`` (the method
+    at the config's pixel size) set to each value, the same method for every image."""
     rows = []
     for v in values:
         value = int(v) if param in ("block_size", "min_size", "max_hole") else float(v)
@@ -399,17 +497,18 @@ def sweep(
         entry: dict[str, Any] = {"value": value, "sets": {}, "distances": {}}
         real = {}
         if source is not None:
-            methods = methods_for(_stems(source), method, scales)
-            real = measure_real(real_sets(source, structure, methods, cap))
-        phys, _ = measure_rendered(images, truth, method)
+            real = measure_real(real_sets(source, structure, pixel_sizes, cap, method))
+        syn = {name: measure_rendered(x, m, method)[0] for name, (x, m) in rendered.items()}
         for stem, r in real.items():
             entry["sets"][stem] = {"method": r["method"], **row(r["report"])}
-            entry["distances"][stem] = _distances(r["report"], phys["report"])
-        entry["sets"]["physics"] = {
-            "method": method.name,
-            **row(phys["report"]),
-            "pseudo_vs_true_iou": phys["pseudo_vs_true_iou"]["mean"],
-        }
+            entry["distances"][stem] = {n: _distances(r["report"], s["report"])
+                                        for n, s in syn.items()}  # fmt: skip
+        for name, s in syn.items():
+            entry["sets"][name] = {
+                "method": method.name,
+                **row(s["report"]),
+                "pseudo_vs_true_iou": s["pseudo_vs_true_iou"]["mean"],
+            }
         rows.append(entry)
     return rows
 
@@ -470,10 +569,11 @@ def write_figure(
     rendered: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
     path: Path,
 ) -> int:
-    """Rows: per real image, the field (pseudo-mask tinted, the crop framed), a crop, the
-    crop with its pseudo-mask contour, and the crop's densest 128 px enlarged x2 with the
-    contour; per renderer, a tile, with its pseudo-mask contour (red), with its true mask's
-    (green), and its densest 128 px enlarged x2 with the pseudo-mask contour. Returns the file's size."""
+    """Rows: per real image, the field (resampled as the source reads it, pseudo-mask
+    tinted, the crop framed), a crop, the crop with its pseudo-mask contour, and the crop's
+    densest 128 px enlarged x2 with the contour; per rendered set, a tile, with its
+    pseudo-mask contour (red), with its true mask's (green), and its densest 128 px enlarged
+    x2 with the pseudo-mask contour. Returns the file's size."""
     tile = _common.PANEL
     rows: list[tuple[str, list[np.ndarray], list[str]]] = []
     for stem, s in real.items():
@@ -488,9 +588,12 @@ def write_figure(
             [x * f, y * f, (x + tile) * f, (y + tile) * f], outline=YELLOW, width=2
         )
         crop = _grey(it.image)
+        p = s["pixel_size"]
+        # "um": the figure's font has no micro sign.
+        at = "own pixels" if p["pixel_size_um"] is None else f"{p['pixel_size_um']:g} um/px"
         rows.append(
             (
-                f"real: {stem}\n{s['method'].name}\ntile y{y} x{x}",
+                f"real: {stem}\nx{p['scale']:.3g} -> {at}\n{s['method'].name}\ntile y{y} x{x}",
                 [
                     np.asarray(im),
                     crop,
@@ -509,7 +612,7 @@ def write_figure(
         g = _grey(x)
         rows.append(
             (
-                f"{name} renderer\n(test tile, SNR 8)",
+                f"{name}\n(test tile, SNR 8)",
                 [g, _contour(g, pm, RED), _contour(g, tm, GREEN), _zoom(x, pm, RED)],
                 [
                     "tile (256 px)",
@@ -522,36 +625,35 @@ def write_figure(
     return _common.panel_grid(rows, path, palette=True)
 
 
-def _field(source: Path, stem: str, method: PseudoMaskMethod) -> tuple[np.ndarray, np.ndarray]:
-    """(the whole image, its pseudo-mask), decoded as the images-only source decodes it, at
-    the file's own pixel size (not resampled)."""
+def _field(source: Path, stem: str, s: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(the whole image, its pseudo-mask) as the images-only source makes them: decoded,
+    resampled by the image's recorded factor, pseudo-masked by its method."""
+    from synthesis.groundtruth.sources.pixel_size import resample
     from synthesis.groundtruth.sources.readers import _decode
     from synthesis.groundtruth.sources.readers import _grey as grey_of
 
     folder = source / "images"
     path = next(p for p in sorted(folder.iterdir()) if p.stem == stem)
     image = grey_of(_decode(path, str(path)), str(path), what="image")
-    return image, pseudo_mask(image, method)
+    if s["pixel_size"]["scale"] != 1.0:
+        image = resample(image, s["pixel_size"]["scale"])
+    return image, pseudo_mask(image, s["method"])
 
 
 # ----------------------------------------------------------------------------- main
 
 
-def _scales(values: list[str] | None) -> dict[str, float]:
+def _sweeps(values: list[str] | None, base: PseudoMaskMethod) -> dict[str, list[float]]:
+    """``--sweep PARAM=V1,V2`` values, or :data:`DEFAULT_SWEEPS` as multiples of ``base``."""
     if values is None:
-        return dict(DEFAULT_SCALES)
-    out = {}
-    for v in values:
-        stem, sep, factor = v.partition("=")
-        if not sep or not stem:
-            raise SystemExit(f"--scale must be STEM=FACTOR. Got {v!r}")
-        out[stem] = float(factor)
-    return out
-
-
-def _sweeps(values: list[str] | None) -> dict[str, list[float]]:
-    if values is None:
-        return {k: list(v) for k, v in DEFAULT_SWEEPS.items()}
+        out: dict[str, list[float]] = {}
+        for param, factors in DEFAULT_SWEEPS.items():
+            v0 = getattr(base, param)
+            if param == "block_size":
+                out[param] = [float(max(3, 2 * round((v0 * f - 1) / 2) + 1)) for f in factors]
+            else:
+                out[param] = [round(v0 * f, 6) for f in factors]
+        return out
     out = {}
     fields = set(PseudoMaskMethod.__dataclass_fields__)
     for v in values:
@@ -572,20 +674,25 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
         help="images-only folder of real images (default: the shared mito data for mito, "
         "none for er)",
     )
-    p.add_argument("--no-real", action="store_true", help="rendered sets only")
-    p.add_argument("--tiles", type=int, default=40, help="rendered tiles per renderer")
-    p.add_argument("--real-tiles", type=int, default=0, help="real tiles per image (0: all)")
     p.add_argument(
-        "--scale",
+        "--source-pixel-size",
         action="append",
-        metavar="STEM=FACTOR",
-        help="pseudo-mask method scaled for an image (default: nao_mito=3)",
+        default=None,
+        metavar="STEM=UM",
+        help="µm per pixel of a real image (file stem), or one UM for every image; "
+        "repeatable; overrides its TIFF metadata; an image whose pixel size is known is "
+        "resampled to the config's (mito: 0.085 µm). Default: hcs_wt_mito=0.136 with the "
+        "default mito data, none otherwise",
     )
+    p.add_argument("--no-real", action="store_true", help="rendered sets only")
+    p.add_argument("--tiles", type=int, default=40, help="rendered tiles per set")
+    p.add_argument("--real-tiles", type=int, default=0, help="real tiles per image (0: all)")
     p.add_argument(
         "--sweep",
         action="append",
         metavar="PARAM=V1,V2",
-        help="sensitivity to a pseudo-mask parameter (default: floor_factor and block_size)",
+        help="sensitivity to a parameter of the pseudo-mask method at the config's pixel "
+        "size (default: block_size and floor_factor at 0.65-1.5 and 0.4-2 times theirs)",
     )
     p.add_argument("--no-sweep", action="store_true")
     p.add_argument("--seed", type=int, default=0, help="build seed of the rendered tiles")
@@ -595,15 +702,31 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
     return p
 
 
+def _pixel_sizes(values: list[str] | None, structure: str, default: bool) -> dict[str, float]:
+    from synthesis.groundtruth.sources.base import SourceError
+    from synthesis.groundtruth.sources.pixel_size import parse_pixel_sizes
+
+    if values is None:
+        values = PIXEL_SIZES[structure] if default else []
+    try:
+        return parse_pixel_sizes(values)
+    except SourceError as e:
+        raise SystemExit(str(e)) from None
+
+
 def main(argv: list[str] | None, doc: str | None, machine: str) -> dict:
+    from synthesis.groundtruth.sources.images_only import METHOD_PIXEL_SIZE_UM, method_at_target
+    from synthesis.levels import PIXEL_SIZE_UM
+
     args = parser(doc).parse_args(argv)
     t0 = time.perf_counter()
     structure = args.config
-    base = DEFAULT_METHODS[structure]
-    scales = _scales(args.scale)
+    base = method_at_target(structure)
+    target = PIXEL_SIZE_UM.get(structure)
     source = args.source
     if source is None and structure == "mito":
         source = MITO_DATA
+    pixel_sizes = _pixel_sizes(args.source_pixel_size, structure, args.source is None)
     note = None
     if args.no_real:
         source, note = None, "real tiles left out (--no-real)"
@@ -617,29 +740,37 @@ def main(argv: list[str] | None, doc: str | None, machine: str) -> dict:
         "config": structure,
         "source": None if source is None else str(source),
         "note": note,
-        "pseudo_mask": {"default": base.to_dict()},
+        "pseudo_mask": {
+            "method": base.to_dict(),
+            "note": f"the default scaled from {METHOD_PIXEL_SIZE_UM:g} to {target:g} µm/px"
+            if target is not None
+            else "the default: the config states no pixel size",
+        },
         "renderers": "the build's test split (ConfigImages.reference_images), SNR 8, seed "
         f"{args.seed}",
     }
     real_raw: dict[str, dict[str, Any]] = {}
     real: dict[str, Any] = {}
     if source is not None:
-        methods = methods_for(_stems(source), base, scales)
-        real_raw = real_sets(source, structure, methods, args.real_tiles)
+        real_raw = real_sets(source, structure, pixel_sizes, args.real_tiles)
         real = measure_real(real_raw)
-        result["pseudo_mask"]["per_image"] = {s: m.to_dict() for s, m in methods.items()}
+        result["pseudo_mask"]["per_image"] = {s: v["method"].name for s, v in real_raw.items()}
     rendered, pseudo, images = {}, {}, {}
-    for r in RENDERERS:
-        x, m = rendered_tiles(structure, r, args.tiles, args.seed)
-        rendered[r], pseudo[r] = measure_rendered(x, m, base)
-        images[r] = (x, m)
+    for name, renderer, masks in RENDERED[structure]:
+        x, m = rendered_tiles(structure, renderer, args.tiles, args.seed, masks)
+        rendered[name], pseudo[name] = measure_rendered(x, m, base)
+        images[name] = (x, m)
+    result["rendered_sets"] = {
+        name: {"renderer": renderer, "mito_masks": masks if structure == "mito" else None}
+        for name, renderer, masks in RENDERED[structure]
+    }
     sets: dict[str, Any] = {}
     for stem, s in real.items():
-        sets[f"real:{stem}"] = {"kind": "real", **s}
+        sets[f"real:{stem}"] = {"kind": "real", "pixel_um": s["pixel_um"], **s}
     for r, s in rendered.items():
-        sets[r] = {"kind": "rendered", **s}
-    result["tables"] = {name: row(s["report"]) for name, s in sets.items()}
-    result["tables_true_mask"] = {r: row(s["truth"]) for r, s in rendered.items()}
+        sets[r] = {"kind": "rendered", "pixel_um": target, **s}
+    result["tables"] = {name: row(s["report"], s["pixel_um"]) for name, s in sets.items()}
+    result["tables_true_mask"] = {r: row(s["truth"], target) for r, s in rendered.items()}
     result["tiles"] = {name: s["report"]["tiles"] for name, s in sets.items()}
     result["iou"] = {
         **{f"real:{k}": {"tile_vs_field": v["tile_vs_field_iou"]} for k, v in real.items()},
@@ -653,36 +784,39 @@ def main(argv: list[str] | None, doc: str | None, machine: str) -> dict:
         }
         for stem, r in real.items()
     }
-    truth_width = rendered["physics"]["truth"]["width"]
-    scale: dict[str, Any] = {
-        "rendered_true_width_px": {k: truth_width[k] for k in ("median", "p25", "p75", "mean")},
-        "real_width_px": {s: r["report"]["width"]["median"] for s, r in real.items()},
-        "pixel_um": {s: PIXEL_UM[s] for s in real if s in PIXEL_UM},
+    if structure in ROLES and real:
+        roles = ROLES[structure]
+        result["roles"] = roles
+        result["verdicts"] = verdicts(result["distances"], roles)
+        result["verdict_counts"] = verdict_counts(result["verdicts"])
+    result["pixel_size"] = {
+        "target_um": target,
+        "given": pixel_sizes,
+        "images": {stem: s["pixel_size"] for stem, s in real_raw.items()},
+        "rendered_true_width": {
+            r: {
+                "px": s["truth"]["width"]["median"],
+                "um": None if target is None else s["truth"]["width"]["median"] * target,
+                "p25_px": s["truth"]["width"]["p25"],
+                "p75_px": s["truth"]["width"]["p75"],
+            }
+            for r, s in rendered.items()
+        },
     }
-    known = {s: scale["real_width_px"][s] * um for s, um in scale["pixel_um"].items()}
-    if known:
-        width_um = float(np.mean(list(known.values())))
-        scale["width_um"] = width_um
-        scale["implied_um_per_px"] = {
-            **{s: width_um / w for s, w in scale["real_width_px"].items() if s not in known},
-            f"{structure}_c": width_um / truth_width["median"],
-        }
-    result["scale"] = scale
     result["reports"] = {name: _slim(s["report"]) for name, s in sets.items()}
     if not args.no_sweep:
-        x, m = images["physics"]
+        physics = {n: images[n] for n, renderer, _ in RENDERED[structure] if renderer == "physics"}
         result["sensitivity"] = {
-            param: sweep(param, vals, structure, source, scales, x, m, args.real_tiles)
-            for param, vals in _sweeps(args.sweep).items()
+            param: sweep(
+                param, vals, structure, base, source, pixel_sizes, physics, args.real_tiles
+            )  # fmt: skip
+            for param, vals in _sweeps(args.sweep, base).items()
         }
     if not args.no_grid:
         path = args.grid or ROOT / "docs" / "images" / f"{structure}_pseudo_masks.png"
-        fields = {s: _field(source, s, v["method"]) for s, v in real_raw.items()}
-        k = {
-            r: int(np.argsort([p.mean() for p in pseudo[r]])[len(pseudo[r]) // 2])
-            for r in RENDERERS
-        }
-        tiles = {r: (images[r][0][k[r]], pseudo[r][k[r]], images[r][1][k[r]]) for r in RENDERERS}
+        fields = {s: _field(source, s, v) for s, v in real_raw.items()} if source else {}
+        k = {r: int(np.argsort([p.mean() for p in pm])[len(pm) // 2]) for r, pm in pseudo.items()}
+        tiles = {r: (images[r][0][k[r]], pseudo[r][k[r]], images[r][1][k[r]]) for r in pseudo}
         result["grid_bytes"] = write_figure(real_raw, fields, tiles, path)
         result["grid"] = shown(path)
     result["seconds"] = round(time.perf_counter() - t0, 1)
@@ -709,10 +843,18 @@ def report(r: dict) -> None:
     print(f"config: {r['config']}; real source: {r['source']}")
     if r["note"]:
         print(f"note: {r['note']}")
-    print(f"rendered: {r['renderers']}")
-    per = r["pseudo_mask"].get("per_image", {})
-    base = r["pseudo_mask"]["default"]["name"]
-    print(f"pseudo-mask method: {base}" + "".join(f"; {s}: {m['name']}" for s, m in per.items()))
+    print(f"rendered: {r['renderers']}; sets: " + ", ".join(
+        f"{n} ({v['renderer']}" + (f", --mito-masks {v['mito_masks']})" if v["mito_masks"]
+                                   else ")") for n, v in r["rendered_sets"].items()))  # fmt: skip
+    px = r["pixel_size"]
+    target = px["target_um"]
+    pm = r["pseudo_mask"]
+    print(f"pseudo-mask method of the renders: {pm['method']['name']} ({pm['note']})")
+    for stem, p in px["images"].items():
+        native = "unknown" if p["native_um"] is None else f"{p['native_um']:g} µm/px ({p['from']})"
+        print(f"real {stem}: pixel size {native}, resampled x{p['scale']:g} to "
+              + ("its own" if p["pixel_size_um"] is None else f"{p['pixel_size_um']:g} µm/px")
+              + f", pseudo-mask {p['pseudo_mask']}")  # fmt: skip
     print("\nmeasures on pseudo-masks (rows: tile sets; real: one row per image)\n")
     header = ["set", "tiles"] + [h for _, h, _ in COLUMNS] + ["pseudo vs true IoU"]
     rows = []
@@ -734,22 +876,39 @@ def report(r: dict) -> None:
         print(f"\ndistances to {name} (compare_reports; lower is closer)\n")
         _table(["set", *DISTANCES], [[s, *(_fmt(v[k], "{:.3f}") for k in DISTANCES)]
                                      for s, v in d.items()])  # fmt: skip
+    if "verdicts" in r:
+        roles = r["roles"]
+        reals = list(r["distances"])
+        rivals = [role for role in roles if role != "new"]
+        print(f"\nverdicts: is new ({roles['new']}) closer than "
+              + ", ".join(f"{role} ({roles[role]})" for role in rivals)
+              + f"? per real image ({' / '.join(reals)}), then over all\n")  # fmt: skip
+        _table(
+            ["measure"] + [f"new vs {role}" for role in rivals],
+            [
+                [key]
+                + [
+                    " / ".join(v[role][x] for x in reals) + f" -> {v[role]['all']}"
+                    for role in rivals
+                ]  # fmt: skip
+                for key, v in r["verdicts"].items()
+            ],
+        )
+        print("\ncounts over the measures: " + "; ".join(
+            f"vs {role}: " + ", ".join(f"{w} {n}" for w, n in sorted(c.items()))
+            for role, c in r["verdict_counts"].items()))  # fmt: skip
     tvf = {k: v["tile_vs_field"]["mean"] for k, v in r["iou"].items() if "tile_vs_field" in v}
     if tvf:
         print("\nreal pseudo-masks, whole field vs tile alone (mean IoU): "
               + ", ".join(f"{k} {v:.3f}" for k, v in tvf.items()))  # fmt: skip
-    s = r["scale"]
-    w = s["rendered_true_width_px"]
-    name = {"er": "ER-C", "mito": "Mito-C"}[r["config"]]
-    print(f"\nscale: {name} true tubule width (true masks) median {w['median']:.2f} px "
-          f"(p25 {w['p25']:.2f}, p75 {w['p75']:.2f})" + "".join(
-              f"; real {k} (pseudo-mask) {v:.2f} px" for k, v in s["real_width_px"].items()))  # fmt: skip
-    if "implied_um_per_px" in s:
-        print(f"  width {s['width_um']:.3f} um at the stated pixel sizes "
-              f"{s['pixel_um']}; implied pixel sizes (um/px): "
-              + ", ".join(f"{k} {v:.3f}" for k, v in s["implied_um_per_px"].items()))  # fmt: skip
+    print("\ntrue widths of the rendered sets (true masks), median (p25-p75): " + "; ".join(
+        f"{n} {w['px']:.2f} px ({w['p25_px']:.2f}-{w['p75_px']:.2f})"
+        + ("" if w["um"] is None else f" = {w['um']:.3f} µm")
+        for n, w in px["rendered_true_width"].items())
+        + (f" at {target:g} µm/px" if target is not None else ""))  # fmt: skip
     for param, rows_ in r.get("sensitivity", {}).items():
-        print(f"\nsensitivity to {param} (real and physics; distance of physics to each real)\n")
+        print(f"\nsensitivity to {param} (real and physics sets; distances of each physics "
+              "set to each real image)\n")  # fmt: skip
         keys = ("width_median", "branch_points_per_100px", "foreground_fraction",
                 "empty_window_share")  # fmt: skip
         dkeys = ("width_w1", "branch_points_per_100px", "foreground_fraction",
@@ -757,16 +916,17 @@ def report(r: dict) -> None:
         out = []
         for e in rows_:
             for name, vals in e["sets"].items():
-                d = e["distances"].get(name, {})
-                out.append(
-                    [f"{e['value']:g}", name]
-                    + [_fmt(vals[k], "{:.3f}") for k in keys]
-                    + [_fmt(vals.get("pseudo_vs_true_iou"), "{:.3f}")]
-                    + [_fmt(d.get(k), "{:.3f}") for k in dkeys]
-                )
+                base = [f"{e['value']:g}", name] + [_fmt(vals[k], "{:.3f}") for k in keys]
+                base.append(_fmt(vals.get("pseudo_vs_true_iou"), "{:.3f}"))
+                if name in e["distances"]:
+                    for syn, d in e["distances"][name].items():
+                        out.append(base + [f"to {syn}"] + [_fmt(d.get(k), "{:.3f}") for k in dkeys])
+                        base = [""] * len(base)
+                else:
+                    out.append(base + [""] + [""] * len(dkeys))
         _table(
             [param, "set", "median width", "branch/100px", "fg fraction", "empty share",
-             "pseudo vs true IoU"] + [f"d {k}" for k in dkeys],
+             "pseudo vs true IoU", "distance of"] + [f"d {k}" for k in dkeys],
             out,
         )  # fmt: skip
     if "grid" in r:

@@ -26,13 +26,15 @@ Writes the picture grid real | rendered | naive to ``docs/images/realism_nucleus
                                  [--grid docs/images/realism_nucleus.png] [--json]
 
 Filamentous structures (``--config mito`` or ``--config er``; ``nucleus``, the default, is
-all of the above): real tiles of an images-only source against the physics and naive
-renderers on the procedural masks, with mask-free measures on pseudo-masks (skeleton widths
-and topology, clustering, intensities, spectra, native noise; ``benchmarks/
-_realism_structure.py`` says how):
+all of the above): real tiles of an images-only source, resampled to the config's pixel
+size where theirs is known, against the physics and naive renderers on the procedural masks
+(for mito, today's ``worms`` and the ``cells`` generator), with mask-free measures on
+pseudo-masks (skeleton widths and topology, clustering, intensities, spectra, native noise;
+``benchmarks/_realism_structure.py`` says how):
 
-    python benchmarks/realism.py --config mito [--source PATH] [--tiles 40] [--scale STEM=F]
-                                 [--sweep PARAM=V1,V2] [--no-sweep] [--grid PNG] [--json]
+    python benchmarks/realism.py --config mito [--source PATH] [--source-pixel-size STEM=UM]
+                                 [--tiles 40] [--sweep PARAM=V1,V2] [--no-sweep] [--grid PNG]
+                                 [--json]
 """
 
 from __future__ import annotations

@@ -63,6 +63,24 @@ from synthesis.levels import PIXEL_SIZE_UM
 METHOD_PIXEL_SIZE_UM: float = 0.136
 
 
+def method_at_target(structure: str) -> MaskMethod:
+    """The structure's default pseudo-mask method at its config's stated pixel size
+    (:data:`synthesis.levels.PIXEL_SIZE_UM`): scaled from :data:`METHOD_PIXEL_SIZE_UM` to it,
+    the method an images-only source uses on every image it resamples (and so the one to
+    pseudo-mask renders of that config with); the default itself where the config states no
+    pixel size (or the method cannot be scaled).
+
+    Example:
+        >>> method_at_target("mito").name, method_at_target("er").name
+        ('mito-default-x1.6', 'er-default')
+    """
+    method = DEFAULT_METHODS[structure]
+    target = PIXEL_SIZE_UM.get(structure)
+    if target is None or not hasattr(method, "scaled"):
+        return method
+    return method.scaled(round(METHOD_PIXEL_SIZE_UM / target, 4))
+
+
 class ImagesOnlySource(_TiledSource):
     """``root/images/<stem>.{tif,tiff,png}`` with pseudo-masks (module docstring)."""
 
@@ -133,8 +151,8 @@ class ImagesOnlySource(_TiledSource):
             )
         elif self.target_um is not None:
             scale = check_scale(um / self.target_um, str(path))
-            if not self._given_method and hasattr(method, "scaled"):
-                method = method.scaled(round(METHOD_PIXEL_SIZE_UM / self.target_um, 4))
+            if not self._given_method:
+                method = method_at_target(self.structure)
         return {
             "native_um": um,
             "from": where,
