@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -99,8 +100,11 @@ class ConfigImages:
         except (FileNotFoundError, ValueError) as exc:
             raise InputError(f"--renderer gan: {exc}") from None
 
+    def _seed_values(self, ids: list[str], purpose: str) -> list[int]:
+        return [derive_seed(self.opts.seed, self.config, i, purpose) for i in ids]
+
     def _seeds(self, ids: list[str], purpose: str) -> torch.Tensor:
-        vals = [derive_seed(self.opts.seed, self.config, i, purpose) for i in ids]
+        vals = self._seed_values(ids, purpose)
         return torch.tensor(vals, dtype=torch.int64, device=self.device)
 
     def _clean(
@@ -176,7 +180,8 @@ class ConfigImages:
     def rows(self, spec: SplitSpec, ids: list[str]) -> list[dict[str, Any]]:
         """The rows of ``ids`` in split ``spec``, every field as the features declare it."""
         items, render_params, mask, clean = self._clean(spec, ids)
-        noise_seeds = self._seeds(ids, "noise")
+        noise_seed_values = self._seed_values(ids, "noise")
+        noise_seeds = torch.tensor(noise_seed_values, dtype=torch.int64, device=self.device)
         per_row: list[dict[str, Any]] = [empty_params() for _ in ids]
         levels = [spec.level] * len(ids)
         image_np: np.ndarray
@@ -202,16 +207,19 @@ class ConfigImages:
                 adu, attack_rows = self._attack(spec, ids, adu, mask)
                 for p, a in zip(per_row, attack_rows, strict=True):
                     p["attack"] = a
+            # Each field to the host once (not one element, and synchronisation, per row).
+            camera = {key: noise[key].tolist() for key in CAMERA_FIELDS}
             for i, p in enumerate(per_row):
                 for key in CAMERA_FIELDS:
-                    p[key] = float(noise[key][i])
+                    p[key] = float(camera[key][i])
                 p["noise_model"] = self.opts.noise_model
-                p["noise_seed"] = int(noise_seeds[i])
+                p["noise_seed"] = noise_seed_values[i]
                 p["psf"] = record(psf, PSF_FEATURES)
             image_np = adu[:, 0].cpu().numpy().astype(np.uint16)
         mask_np = mask[:, 0].cpu().numpy().astype(np.uint8)
         rows = []
         label = CORRUPTIONS.index(spec.corruption)
+        cells = self._cells(image_np, mask_np, items)
         for i, (item, rid) in enumerate(zip(items, ids, strict=True)):
             p = per_row[i]
             p["build_seed"] = self.opts.seed
@@ -222,22 +230,51 @@ class ConfigImages:
             p["mask_params"] = json.dumps(item.meta, sort_keys=True, default=str)
             p["package_version"] = __version__
             row = {
-                "image": image_cell(encode_tiff(image_np[i])),
-                "preview": image_cell(encode_preview(image_np[i])),
-                "mask": image_cell(encode_mask(mask_np[i])),
+                "image": cells[i]["image"],
+                "preview": cells[i]["preview"],
+                "mask": cells[i]["mask"],
                 "id": rid,
                 "corruption": label,
                 "level": levels[i],
                 "params": p,
                 "source": item.source,
             }
-            if "instances" in self.features:
-                inst = item.instances
-                row["instances"] = (
-                    image_cell(encode_tiff(inst.astype(np.uint16))) if inst is not None else None
-                )
+            if "instances" in cells[i]:
+                row["instances"] = cells[i]["instances"]
             rows.append(row)
         return rows
+
+    def _cells(
+        self, image_np: np.ndarray, mask_np: np.ndarray, items: list[Any]
+    ) -> list[dict[str, Any]]:
+        """The image cells of each row (``image``, ``preview``, ``mask`` and, where the
+        features have it, ``instances``), encoded on as many threads as torch has.
+
+        The encoders (zstd TIFF, JPEG, PNG) are pure functions of one image that release the
+        GIL, so the cells are the same bytes on any number of threads; encoding one row after
+        the other took ~40-65 % of a blurred row's time on CPU (``benchmarks/gpu.py``'s row
+        assembly), and would bound a build whose images a GPU makes.
+        """
+        with_instances = "instances" in self.features
+
+        def one(i: int) -> dict[str, Any]:
+            out = {
+                "image": image_cell(encode_tiff(image_np[i])),
+                "preview": image_cell(encode_preview(image_np[i])),
+                "mask": image_cell(encode_mask(mask_np[i])),
+            }
+            if with_instances:
+                inst = items[i].instances
+                out["instances"] = (
+                    image_cell(encode_tiff(inst.astype(np.uint16))) if inst is not None else None
+                )
+            return out
+
+        threads = min(len(items), torch.get_num_threads())
+        if threads <= 1:
+            return [one(i) for i in range(len(items))]
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            return list(pool.map(one, range(len(items))))
 
     # ----------------------------------------------------------------- real images
     def split_ids(self, spec: SplitSpec) -> tuple[list[str], int]:
@@ -380,11 +417,12 @@ class ConfigImages:
     def _attack_records(
         self, spec: SplitSpec, ids: list[str], result: Any, sha: str
     ) -> list[dict[str, Any]]:
+        linf = result.linf_grey.tolist()  # to the host once, not per row
         return [
             record(
                 {
                     **result.params,
-                    "linf_grey": float(result.linf_grey[i]),
+                    "linf_grey": float(linf[i]),
                     "model_sha256": sha,
                     "seed": derive_seed(self.opts.seed, self.config, rid, f"attack/{spec.name}"),
                 },

@@ -159,14 +159,17 @@ def noise_parameters(
     clean = check_images(clean, "clean")
     mask = check_mask(mask, clean, require_foreground=False)
     batch, device = clean.shape[0], clean.device
-    snr_t = per_sample(snr, batch, "snr", device=device, positive=True)
+    # Checked where it is given (a number: on the host), then moved: no device round trip.
+    snr_t = per_sample(snr, batch, "snr", positive=True).to(device)
     _check_camera(camera)
     x = clean.flatten(1)
     n_fg, sum_fg, sum_all = _mask_sums(x, mask.flatten(1))
-    check_foreground(n_fg, x.shape[1])
     beta = (sum_all - sum_fg) / (x.shape[1] - n_fg)
     c = sum_fg / n_fg - beta
-    dim = torch.nonzero(c <= 0).flatten().tolist()
+    # Both checks from one copy to the host (one synchronisation on a GPU).
+    host_n_fg, host_c = torch.stack([n_fg, c]).cpu()
+    check_foreground(host_n_fg, x.shape[1])
+    dim = torch.nonzero(host_c <= 0).flatten().tolist()
     if dim:
         raise ValueError(
             "clean must be brighter on the mask foreground than on the background (SNR is "
@@ -425,7 +428,7 @@ def add_noise(
     """
     params = noise_parameters(clean, mask, snr, camera=camera, model=model)  # checks inputs
     batch, device = clean.shape[0], clean.device
-    checked = _replay_params(params, batch, device, model)
+    checked = _replay_params(params, batch, device, model, check=False)
     mask = mask if mask.dtype == torch.bool else mask != 0
     adu, measured = _apply(
         clean, checked, check_seeds(seeds, batch, device), mask.to(device), model
@@ -462,14 +465,27 @@ def camera_images(
         >>> res.params["e_per_adu"].tolist(), int(res.adu.max()) < 65535
         ([0.10000000149011612, 2.5], True)
     """
-    batch = clean.shape[0]
-    target = clean if optics is None else optics
+    batch, device = clean.shape[0], clean.device
+    target = clean
+    if optics is not None:
+        target = check_images(optics, "optics")
+        if tuple(optics.shape) != tuple(clean.shape) or optics.device != device:
+            raise ValueError(
+                f"optics must have the shape and device of clean {tuple(clean.shape)}, "
+                f"{device}. Got {tuple(optics.shape)}, {optics.device}"
+            )
     levels = torch.as_tensor(snr, dtype=torch.float64).reshape(-1).expand(batch)
     cameras = [camera.for_snr(float(v)) for v in levels.tolist()]
 
     def solve(rows: Tensor | slice, level: float | Tensor, cam: Camera) -> NoiseResult:
+        # noise_parameters checks the images, mask and SNR; the parameters it returns need
+        # no second check (each would cost a synchronisation on a GPU).
         params = noise_parameters(clean[rows], mask[rows], level, camera=cam, model=model)
-        adu, measured = apply_noise(target[rows], params, seeds[rows], mask=mask[rows], model=model)
+        n = params["k_e_per_unit"].shape[0]
+        fg = mask[rows]
+        fg = (fg if fg.dtype == torch.bool else fg != 0).to(device)
+        p = _replay_params(params, n, device, model, check=False)
+        adu, measured = _apply(target[rows], p, check_seeds(seeds[rows], n, device), fg, model)
         return NoiseResult(adu=adu, params={**params, "snr_measured": measured})
 
     gains = sorted({c.e_per_adu for c in cameras})
@@ -640,8 +656,11 @@ def _to_adu(normal: Tensor, scale: Tensor, add: Tensor, p: dict[str, Tensor], ou
 
 
 def _replay_params(
-    params: dict[str, Tensor], batch: int, device: torch.device, model: str
+    params: dict[str, Tensor], batch: int, device: torch.device, model: str, check: bool = True
 ) -> dict[str, Tensor]:
+    """``params`` as ``(B,)`` tensors on ``device`` (``adc_max_adu`` and ``snr_target``
+    defaulted), checked unless ``check`` is False: parameters that :func:`noise_parameters`
+    just returned are valid by construction, and each check is a synchronisation on a GPU."""
     if not isinstance(params, dict):
         raise TypeError(f"params must be a dict of per-image tensors. Got {type(params).__name__}")
     needed = ["k_e_per_unit", "read_noise_e", "offset_adu", "e_per_adu"]
@@ -650,13 +669,17 @@ def _replay_params(
     missing = [key for key in needed if key not in params]
     if missing:
         raise ValueError(f"params lacks {missing} for model {model!r}. Got keys {sorted(params)}")
-    p = {
-        key: per_sample(value, batch, key, device=device)
-        for key, value in params.items()
-        if key in PARAM_KEYS and not (key == "noise_sigma_e" and model != "gaussian")
-    }
+    keys = [
+        k for k in params if k in PARAM_KEYS and not (k == "noise_sigma_e" and model != "gaussian")
+    ]
+    if not check:
+        p = {key: params[key].expand(batch).to(device, torch.float32) for key in keys}
+    else:
+        p = {key: per_sample(params[key], batch, key, device=device) for key in keys}
     p.setdefault("adc_max_adu", torch.full((batch,), 65535.0, device=device))
     p.setdefault("snr_target", torch.full((batch,), math.nan, device=device))
+    if not check:
+        return p
     for key in ("k_e_per_unit", "e_per_adu", "adc_max_adu"):
         if bool((p[key] <= 0).any()):
             raise ValueError(f"{key} must be > 0. Got {p[key].tolist()}")

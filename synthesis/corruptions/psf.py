@@ -385,7 +385,9 @@ def _svb_tables(
 # --- levels -------------------------------------------------------------------------------
 
 
-def _level_sigmas(level: int | Tensor, batch: int, device: torch.device) -> Tensor:
+def _level_sigmas(level: int | Tensor, batch: int) -> Tensor:
+    """The PSF sigma of each row's level, float64 ``(B,)`` on the CPU: the blurs group rows
+    by these numbers on the host, so making them on a GPU would only copy them back."""
     lv = torch.as_tensor(level, device="cpu")
     if lv.is_floating_point() and not bool((lv == lv.round()).all()):
         raise ValueError(
@@ -396,7 +398,7 @@ def _level_sigmas(level: int | Tensor, batch: int, device: torch.device) -> Tens
     bad = [v for v in lv if v not in table]
     if bad:
         raise ValueError(f"level must be one of {sorted(table)} (0 = no blur). Got {bad}")
-    return torch.tensor([table[v] for v in lv], dtype=torch.float64, device=device)
+    return torch.tensor([table[v] for v in lv], dtype=torch.float64)
 
 
 def sib(x: Tensor, level: int | Tensor) -> Tensor:
@@ -410,7 +412,7 @@ def sib(x: Tensor, level: int | Tensor) -> Tensor:
         Blurred images (see :func:`gaussian_blur`).
     """
     x = check_images(x, "x", nonnegative=False)
-    return blur_by_sigma(x, _level_sigmas(level, x.shape[0], x.device).tolist(), DEFAULT_TRUNCATE)
+    return blur_by_sigma(x, _level_sigmas(level, x.shape[0]).tolist(), DEFAULT_TRUNCATE)
 
 
 def svb(x: Tensor, level: int | Tensor) -> Tensor:
@@ -420,15 +422,16 @@ def svb(x: Tensor, level: int | Tensor) -> Tensor:
     image as it is (also at the centre).
     """
     x = check_images(x, "x", nonnegative=False)
-    sigma = _level_sigmas(level, x.shape[0], x.device)
+    sigma = _level_sigmas(level, x.shape[0])
     blurred = torch.nonzero(sigma > 0).flatten()
     settings = (SVB.sigma_center_px, SVB.rings, DEFAULT_TRUNCATE)
     if blurred.numel() == x.shape[0]:
         return _svb_grouped(x, sigma.tolist(), *settings)
     out = x.clone()
     if blurred.numel():
-        sub = _svb_grouped(x.index_select(0, blurred), sigma[blurred].tolist(), *settings)
-        out.index_copy_(0, blurred, sub)
+        rows = blurred.to(x.device)
+        sub = _svb_grouped(x.index_select(0, rows), sigma[blurred].tolist(), *settings)
+        out.index_copy_(0, rows, sub)
     return out
 
 

@@ -12,7 +12,9 @@ Each 1-D pass is a sum of ``2 r + 1`` shifted, weighted slices of a padded block
 (one in-place multiply-add per tap), far faster than ``conv2d`` (im2col) or banded matrix
 products, whose skinny GEMMs reached only 8-12 GMAC/s here. On CPU (float32 and float64,
 outside autograd) the compiled kernel of :mod:`synthesis.filters.separable` computes exactly
-these operations; other devices run the torch ops, on blocks of ~1 MB on CPU. Past a radius
+these operations; elsewhere on CPU the torch ops run on blocks of ~1 MB. On CUDA the two
+passes are ``conv2d`` calls instead (each reads its input once; the slices would read and
+write the whole batch once per tap), in full float32. Past a radius
 of :data:`FFT_MIN_RADIUS_PX` the cost of the taps exceeds that of an FFT of the padded block,
 which is used instead (same kernel, same boundary; the two paths agree to float32 rounding).
 
@@ -22,7 +24,10 @@ model use these. No randomness is used here.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -178,12 +183,16 @@ def _blur_same(x: Tensor, sigma: float, truncate: float) -> Tensor:
 
 
 def separable_blur(x: Tensor, k: Tensor) -> Tensor:
-    """Separable blur of ``x`` with the 1-D kernel ``k`` (float64, odd length) on both axes."""
+    """Separable blur of ``x`` with the 1-D kernel ``k`` (float64, odd length) on both axes:
+    shifted slices on CPU (:func:`_blur_taps`), two 1-D convolutions on CUDA
+    (:func:`_blur_conv`), an FFT from :data:`FFT_MIN_RADIUS_PX`."""
     r = (k.numel() - 1) // 2
     if r == 0:
         return x * float(k[0])
     if r >= FFT_MIN_RADIUS_PX:
         return _blur_fft(x, k)
+    if x.device.type == "cuda":
+        return _blur_conv(x, k)
     return _blur_taps(x, k.tolist())
 
 
@@ -216,6 +225,66 @@ def _blur_taps(x: Tensor, taps: list[float]) -> Tensor:
     for j in range(1, len(taps)):
         z.add_(p[..., j : j + h, :], alpha=taps[j])
     return z
+
+
+def _blur_conv(x: Tensor, k: Tensor) -> Tensor:
+    """Separable blur as two 1-D convolutions (``conv2d`` with a ``1 x n`` then an ``n x 1``
+    kernel) of the symmetrically padded images: the path of CUDA devices.
+
+    Each pass reads its input once, where the shifted slices of :func:`_blur_taps` read and
+    write the whole block once per tap (25 times per axis at sigma 3): on a GPU the slices
+    are memory-bound at a few percent of the bandwidth. The same sums in another order
+    (float32 rounding apart), with cuDNN's TF32 off for the call (:func:`_ieee_convolutions`),
+    so every product is a full float32 one as on CPU. Works on any device (tests run it on
+    CPU against the slices).
+    """
+    import torch.nn.functional as F
+
+    r = (k.numel() - 1) // 2
+    h, w = x.shape[-2:]
+    lead = x.shape[:-2]
+    taps = _taps_on(tuple(k.tolist()), str(x.device), x.dtype)
+    y = _pad_symmetric(x.reshape(-1, 1, h, w), r, -1)
+    with _ieee_convolutions(x.device):
+        y = F.conv2d(y, taps.view(1, 1, 1, -1))
+        y = F.conv2d(_pad_symmetric(y, r, -2), taps.view(1, 1, -1, 1))
+    return y.reshape(*lead, h, w)
+
+
+@functools.lru_cache(maxsize=256)
+def _taps_on(taps: tuple[float, ...], device: str, dtype: torch.dtype) -> Tensor:
+    """A kernel's taps as a tensor on ``device``, made once (not copied at every call)."""
+    return torch.tensor(taps, dtype=torch.float64).to(device=device, dtype=dtype)
+
+
+@contextmanager
+def _ieee_convolutions(device: torch.device) -> Iterator[None]:
+    """cuDNN convolutions in full float32 (TF32 off, which torch turns on for cuDNN by
+    default) and deterministic algorithms, restored after; nothing on other devices."""
+    if device.type != "cuda":
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    # torch >= 2.9 sets TF32 per operation; reading the old global flag after that raises.
+    per_op = getattr(getattr(cudnn, "conv", None), "fp32_precision", None) is not None
+    saved = (
+        cudnn.conv.fp32_precision if per_op else cudnn.allow_tf32,
+        cudnn.deterministic,
+        cudnn.benchmark,
+    )
+    if per_op:
+        cudnn.conv.fp32_precision = "ieee"
+    else:
+        cudnn.allow_tf32 = False
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        if per_op:
+            cudnn.conv.fp32_precision = saved[0]
+        else:
+            cudnn.allow_tf32 = saved[0]
+        cudnn.deterministic, cudnn.benchmark = saved[1:]
 
 
 def _blur_fft(x: Tensor, k: Tensor) -> Tensor:

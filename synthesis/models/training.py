@@ -129,6 +129,25 @@ def _augment(
     return images, masks
 
 
+class _LossSum:
+    """A sum of batch losses times batch sizes, kept on the training device: reading each
+    batch's loss on the host would wait for the device at every step.
+
+    float64, each term ``float64(loss) * n`` added in turn: the very operations of a Python
+    float accumulator (products and sums of doubles, rounded alike), so the sum is the same
+    bits as ``total += float(loss) * n``.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
+
+    def add(self, loss: Tensor, n: int) -> None:
+        self.total.add_(loss.detach().to(torch.float64) * n)
+
+    def value(self) -> float:
+        return float(self.total)
+
+
 @torch.no_grad()
 def _validate(
     model: nn.Module,
@@ -140,16 +159,16 @@ def _validate(
 ) -> dict[str, float]:
     model.eval()
     scores = SegmentationScores()
-    loss_sum = 0.0
+    loss_sum = _LossSum(device)
     for start in range(0, images.shape[0], batch_size):
         x = images[start : start + batch_size].to(device)
         y = masks[start : start + batch_size].to(device)
         logits = check_logits(model(x), y, "model output")
-        loss_sum += float(segmentation_loss(logits, y, loss)) * x.shape[0]
+        loss_sum.add(segmentation_loss(logits, y, loss), x.shape[0])
         scores.update(logits_to_mask(logits), y)
     r = scores.compute()
     return {
-        "val_loss": loss_sum / images.shape[0],
+        "val_loss": loss_sum.value() / images.shape[0],
         "val_iou": r["iou"],
         "val_dice": r["dice"],
         "val_iou_mean": r["iou_mean"],
@@ -250,7 +269,7 @@ def train_segmenter(
         t0 = time.perf_counter()
         model.train()
         order = torch.randperm(n, generator=gen)
-        loss_sum = 0.0
+        loss_sum = _LossSum(device)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             x, y = _augment(train_images[idx], train_masks[idx], gen, crop)
@@ -260,8 +279,8 @@ def train_segmenter(
             optimizer.zero_grad(set_to_none=True)
             batch_loss.backward()
             optimizer.step()
-            loss_sum += float(batch_loss.detach()) * idx.numel()
-        record = {"epoch": epoch, "train_loss": loss_sum / n}
+            loss_sum.add(batch_loss, idx.numel())
+        record = {"epoch": epoch, "train_loss": loss_sum.value() / n}
         record.update(_validate(model, val_images, val_masks, batch_size, device, loss))
         record["seconds"] = time.perf_counter() - t0
         history.append(record)
