@@ -58,6 +58,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "train the pix2pix mask-to-image generator and its denoiser on real pairs",
         "builder.cli.synthesizer",
     ),
+    "export": (
+        "write a package's splits as OME-Zarr or OME-TIFF (to look at in napari)",
+        "builder.cli.export",
+    ),
+    "export-model": (
+        "write a package's reference U-Net as a bioimage.io model package",
+        "builder.cli.export_model",
+    ),
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import tempfile
 from pathlib import Path
 
 from builder.cli import common
@@ -30,6 +31,12 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
         metavar="ORG/NAME",
         help="also upload each config's reference U-Net as the model repo ORG/NAME-<config> "
         "(loadable with UNet.from_pretrained; scores in .eval_results/)",
+    )
+    p.add_argument(
+        "--bioimageio",
+        action="store_true",
+        help="with --models-repo: also put each U-Net's bioimage.io model package in its model "
+        "repo's package/ folder (export-model --format bioimageio; needs the bioimageio extra)",
     )
     p.add_argument("--revision", default=None, help="branch to upload to (default: main)")
     p.add_argument("--private", action="store_true", help="create the repo private")
@@ -75,6 +82,19 @@ def run(args: argparse.Namespace) -> int:
         check_revision(args.revision)
     if not args.out.is_dir():
         raise InputError(f"{args.out}: no such folder")
+    if args.bioimageio:
+        from builder.evaluation.bioimageio_export import bioimageio_missing
+
+        if args.models_repo is None:
+            raise InputError("--bioimageio goes with --models-repo (the model repos hold it)")
+        if missing := bioimageio_missing():
+            raise InputError(f"publish --bioimageio {missing}")
+    # The bioimage.io packages are made before anything is uploaded, so that a package that
+    # cannot be exported changes nothing remote; removed when the command ends.
+    staging, extra = None, None
+    if args.bioimageio and not args.dry_run:
+        staging = tempfile.TemporaryDirectory(prefix="fluorobench-c-bioimageio-")
+        extra = _bioimageio_packages(args.out, Path(staging.name))
     result = publish(
         args.out,
         args.repo_id,
@@ -114,16 +134,39 @@ def run(args: argparse.Namespace) -> int:
         from builder.package.model_repos import publish_models
 
         repos = publish_models(
-            args.out, args.models_repo, dataset_repo=args.repo_id, private=args.private
+            args.out,
+            args.models_repo,
+            dataset_repo=args.repo_id,
+            private=args.private,
+            extra=extra,
         )
+        if staging is not None:
+            staging.cleanup()
         for repo in repos:
             print(f'published model {repo}: UNet.from_pretrained("{repo}")')
+            if args.bioimageio:
+                print(f"  bioimage.io package: {repo}/package/bioimageio.yaml")
     config, split = _example(args.out)
     print(
         f'load with: datasets.load_dataset("{result.repo_id}", "{config}", split="{split}", '
         "streaming=True)"
     )
     return 0
+
+
+def _bioimageio_packages(out: Path, tmp: Path) -> dict[str, dict[str, Path]]:
+    """Per config with a reference U-Net: its bioimage.io package, exported into ``tmp``, as
+    model-repo files."""
+    from builder.evaluation.bioimageio_export import export_bioimageio
+    from builder.package.manifest import read_manifest
+    from builder.package.model_repos import bioimageio_repo_files, package_model
+
+    extra = {}
+    for config in (read_manifest(out) or {}).get("configs", {}):
+        if package_model(out, config).is_file():
+            folder = export_bioimageio(out, config, tmp / config)
+            extra[config] = bioimageio_repo_files(folder)
+    return extra
 
 
 def _example(out: Path) -> tuple[str, str]:

@@ -1,10 +1,13 @@
 """The model side of ``evaluate``: what ``--model`` names, how it is loaded, and its input.
 
 ``--model`` is None (the package's reference U-Net), a ``.safetensors`` U-Net saved by
-:func:`synthesis.models.unet.save_model`, a TorchScript file, ``path/module.py:factory``, or
+:func:`synthesis.models.unet.save_model`, a TorchScript file, ``path/module.py:factory``,
 a U-Net in the Hub's model layout (``config.json`` + ``model.safetensors``): a Hub model id
-such as ``ORG/NAME-mito`` (``publish --models-repo``) or a local folder.
-The input normalisation is the one of training (:mod:`synthesis.normalize`).
+such as ``ORG/NAME-mito`` (``publish --models-repo``) or a local folder, or a bioimage.io
+model (``rdf.yaml``, a package zip, or a folder holding one:
+:mod:`builder.evaluation.bioimageio_models`).
+The input normalisation is the one of training (:mod:`synthesis.normalize`), except for a
+bioimage.io model, which applies its own declared preprocessing.
 """
 
 from __future__ import annotations
@@ -34,28 +37,59 @@ class ModelSpecError(InputError):
 
 @dataclass(frozen=True)
 class ModelInfo:
+    """A loaded model. ``normalize``: the model input it needs, in place of ``--normalize``
+    (``"none"`` for a bioimage.io model, which normalises its input itself); None: as given.
+    ``no_gradients``: why white-box attacks cannot run on it (None: they can)."""
+
     model: nn.Module
     description: str
     sha256: str | None
+    normalize: str | None = None
+    no_gradients: str | None = None
 
 
 def load_model_spec(
-    spec: str | ModelInfo | None, data: str, config: str, device: torch.device
+    spec: str | ModelInfo | None,
+    data: str,
+    config: str,
+    device: torch.device,
+    *,
+    threshold: float | None = None,
+    channel: str | None = None,
 ) -> ModelInfo:
     """Load ``--model``: None (the package's reference U-Net), a ``.safetensors`` file saved by
-    :func:`synthesis.models.unet.save_model`, a TorchScript file, or ``path/module.py:factory``.
+    :func:`synthesis.models.unet.save_model`, a TorchScript file, ``path/module.py:factory``,
+    a U-Net model folder or Hub id, or a bioimage.io model (``rdf.yaml``, zip, or a folder
+    holding one). ``threshold`` and ``channel`` (``--threshold``, ``--channel``): how a
+    bioimage.io model's output becomes a mask (:mod:`builder.evaluation.bioimageio_models`).
 
     Raises:
         ModelSpecError: a missing file, a bad ``module.py:factory`` or a factory that does not
-            return an ``nn.Module``.
+            return an ``nn.Module``; ``threshold`` or ``channel`` for a model that is not a
+            bioimage.io model.
+        builder.evaluation.bioimageio_models.BioimageioModelError: a bioimage.io model that
+            cannot be loaded or mapped to a mask.
     """
+    import dataclasses
+
     import torch
     from torch import nn
 
     from synthesis.models.unet import load_model
 
     if isinstance(spec, ModelInfo):  # a model already in memory (the leaderboard's)
-        return ModelInfo(spec.model.to(device).eval(), spec.description, spec.sha256)
+        return dataclasses.replace(spec, model=spec.model.to(device).eval())
+    if isinstance(spec, str):
+        from builder.evaluation.bioimageio_models import is_bioimageio_source
+
+        if is_bioimageio_source(spec):
+            from builder.evaluation.bioimageio_models import load_bioimageio_model
+
+            return load_bioimageio_model(spec, device, threshold=threshold, channel=channel)
+    if threshold is not None or channel is not None:
+        raise ModelSpecError(
+            f"--threshold and --channel apply to bioimage.io models (rdf.yaml or zip). Got --model {spec}"
+        )
     if spec is None or spec == "reference":
         rel = f"models/{config}-unet.safetensors"
         if Path(data).is_dir():
@@ -171,3 +205,24 @@ def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
             f"{tuple(x.shape)}. Got {exc}"
         ) from exc
     return logits_to_mask(logits)
+
+
+def usable_attacks(
+    info: ModelInfo,
+    attacks: list[tuple[str, float]] | None,
+    gradient_free: tuple[str, ...] = (),
+) -> tuple[list[tuple[str, float]], str | None]:
+    """The white-box attacks that can run on the model, and why the others are skipped (None
+    when none is): attacks that need gradients are skipped for a model without them
+    (:attr:`ModelInfo.no_gradients`, e.g. a bioimage.io model with ONNX weights); those in
+    ``gradient_free`` still run."""
+    attacks = list(attacks or [])
+    if info.no_gradients is None:
+        return attacks, None
+    skipped = [(m, e) for m, e in attacks if m not in gradient_free]
+    if not skipped:
+        return attacks, None
+    names = ", ".join(f"{m}:{e:g}" for m, e in skipped)
+    reason = f"white-box attacks {names} skipped: {info.no_gradients}"
+    logger.warning("%s: %s", info.description, reason)
+    return [a for a in attacks if a not in skipped], reason

@@ -38,6 +38,31 @@ CONFIG_NAME = "config.json"
 LIBRARY = "fluorobench-c"
 
 
+#: Where a model repo holds the U-Net's bioimage.io package (``publish --bioimageio``), and
+#: its description's name there: the layout ``bioimageio.spec`` reads from a Hub repo
+#: (``load_description("huggingface/ORG/NAME-mito")``).
+BIOIMAGEIO_FOLDER = "package"
+BIOIMAGEIO_YAML = "bioimageio.yaml"
+
+
+def bioimageio_repo_files(folder: Path) -> dict[str, Path]:
+    """Path in the model repo -> file, for a bioimage.io package folder written by
+    ``export-model --format bioimageio``: every file under ``package/``, its ``rdf.yaml`` as
+    ``package/bioimageio.yaml``.
+
+    Raises:
+        InputError: ``folder`` holds no ``rdf.yaml``.
+    """
+    if not (folder / "rdf.yaml").is_file():
+        raise InputError(f"{folder}: not a bioimage.io package folder (no rdf.yaml)")
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            rel = path.relative_to(folder).as_posix()
+            files[f"{BIOIMAGEIO_FOLDER}/{BIOIMAGEIO_YAML if rel == 'rdf.yaml' else rel}"] = path
+    return files
+
+
 def model_repo_id(models_repo: str, config: str) -> str:
     """``ORG/NAME`` -> the repo of one config's U-Net, ``ORG/NAME-<config>``."""
     return f"{models_repo}-{config}"
@@ -133,7 +158,8 @@ def _install() -> str:
     return install_line()
 
 
-def _training_notes(out: Path, config: str) -> str:
+def training_notes(out: Path, config: str) -> str:
+    """The package's training record of the U-Net of ``config`` (its ``.md``, title dropped)."""
     notes = package_model(out, config).with_suffix(".md")
     if not notes.is_file():
         return "No training record in the package."
@@ -178,7 +204,7 @@ def model_repo_files(
             sha256=sha,
             dataset_repo=dataset_repo,
             repo_id=repo_id,
-            training_notes=_training_notes(out, config),
+            training_notes=training_notes(out, config),
             results=results,
         ).encode(),
     }
@@ -210,9 +236,11 @@ def publish_models(
     private: bool = False,
     token: str | None = None,
     endpoint: str | None = None,
+    extra: dict[str, dict[str, Path]] | None = None,
 ) -> list[str]:
     """Upload each config's reference U-Net of the package ``out`` to ``ORG/NAME-<config>``
-    (created if needed), one commit per repo; return the repo ids.
+    (created if needed), one commit per repo; return the repo ids. ``extra``: per config,
+    more files for its repo (path in the repo -> file), e.g. :func:`bioimageio_repo_files`.
 
     A repo that already holds the same files gets no new commit. ``token`` and ``endpoint``
     as for :func:`builder.package.publish.publish`.
@@ -244,6 +272,7 @@ def publish_models(
             files = model_repo_files(
                 out, manifest, config, dataset_repo=dataset_repo, models_repo=models_repo
             )
+            files.update((extra or {}).get(config, {}))
             hub.create_repo(
                 repo_id,
                 repo_type="model",
