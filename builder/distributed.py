@@ -198,6 +198,17 @@ class Context:
         dist.all_reduce(flags)
         return [r for r, f in enumerate(flags.tolist()) if f]
 
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (picklable), in rank order, on every rank (a collective:
+        all ranks must call)."""
+        if not self.distributed:
+            return [value]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, value)
+        return out
+
     def sum_(self, values: Any) -> Any:
         """All-reduce ``values`` (a tensor) by sum, in place; returns it."""
         if self.distributed:

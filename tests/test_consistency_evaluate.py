@@ -192,7 +192,9 @@ def test_a_model_that_ignores_its_input_is_perfectly_consistent(
         assert results["families"][family]["mean_consistency"] == 1.0, family
     assert results["consistency"]["pseudo_masks"] is False
     md = (out / "results.md").read_text()
-    assert "| robustness | consistency |" in md and "| mean consistency |" in md
+    # the structure metrics sit between robustness and consistency
+    assert "| robustness | clDice |" in md and "| NSD | consistency |" in md
+    assert "| mean consistency |" in md
     assert "| `snr_1` | snr | 1 | 2 |" in md and md.count(" 1.000 |") >= 7
     assert (out / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -261,11 +263,17 @@ def test_a_degraded_row_without_its_undegraded_row_is_named(pseudo_package: Path
 
 def test_two_processes_give_the_consistency_of_one(package: Path, tmp_path: Path):
     """Each rank predicts the undegraded rows it needs itself; the summed counts are exactly
-    the one-process result."""
+    the one-process result. So are the structure metrics (summed per-image counts and
+    values) and the worst case over attacks (per-image scores gathered by row id)."""
     argv = ["evaluate", "--data", str(package), "--config", "mito", "--device", "cpu"]
-    argv += ["--consistency", "--splits", "snr_1", "sib_2", "pgd_2", "--attacks", "fgsm:2"]
+    argv += ["--consistency", "--splits", "snr_1", "sib_2", "pgd_2"]
+    argv += ["--attacks", "fgsm:2", "square:2", "--square-queries", "3"]
     assert main([*argv, "--out", str(tmp_path / "one")]) == 0
     assert main([*argv, "--out", str(tmp_path / "two"), "--workers", "2"]) == 0
     one = (tmp_path / "one" / "results.json").read_text()
     assert (tmp_path / "two" / "results.json").read_text() == one
-    assert json.loads(one)["splits"]["whitebox_fgsm_2"]["consistency"] is not None
+    splits = json.loads(one)["splits"]
+    assert splits["whitebox_fgsm_2"]["consistency"] is not None
+    assert splits["sib_2"]["cldice"] is not None and splits["sib_2"]["hd95"] is not None
+    assert splits["whitebox_worst_2"]["worst_of"] == 2
+    assert sum(splits["whitebox_worst_2"]["worst_counts"].values()) == splits["test"]["images"]

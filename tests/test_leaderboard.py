@@ -99,12 +99,30 @@ def test_leaderboard_end_to_end_resumes_after_a_kill_and_outputs_agree(
     for e in board["models"]:
         assert e["sha256"] == sha256_file(out / e["weights"])
         assert 0.0 <= e["test_iou"] <= 1.0 and e["parameters"] > 0
-        assert set(e["whitebox_robustness"]) == {"fgsm_8", "pgd_8", "segpgd_8"}
+        assert set(e["whitebox_robustness"]) == {"fgsm_8", "pgd_8", "segpgd_8", "square_8"}
         assert e["adversarial_robustness"] == e["whitebox_robustness"]["pgd_8"]
         results = json.loads((out / e["results"]).read_text())
         assert results["model"]["sha256"] == e["sha256"]
         for family in ("snr", "sib", "svb", "fgsm", "ifgsm", "pgd"):
             assert e["robustness"][family] == results["families"][family]["mean_robustness"]
+            assert (
+                e["metric_robustness"][family]
+                == results["families"][family]["metrics"]["cldice"]["mean_robustness"]
+            )
+        # the structure metrics and the worst case over the four attacks at eps 8
+        worst = results["splits"]["whitebox_worst_8"]
+        assert e["headline_metric"] == "cldice" and e["worst_counts"] == worst["worst_counts"]
+        assert e["test_metrics"]["cldice"] == results["splits"]["test"]["cldice"]
+        assert e["worst_case_robustness"] == worst["robustness"]
+        for m in ("fgsm", "pgd", "segpgd", "square"):
+            assert worst["iou_mean"] <= results["splits"][f"whitebox_{m}_8"]["iou_mean"] + 1e-12
+        assert e["corruption_metric_robustness"] == pytest.approx(
+            sum(e["metric_robustness"][f] for f in ("snr", "sib", "svb")) / 3
+        )
+    assert set(board["rankings"]) == {"iou", "headline", "pgd", "worst_case"}
+    for key, order in board["rankings"].items():
+        assert sorted(order) == sorted(e["model"] for e in board["models"] if e["converged"]), key
+    assert set(board["rank_agreement"]) >= {"snr", "sib", "svb", "pgd_vs_worst_case"}
 
     # The Markdown is the JSON, formatted; the plot shows the JSON's values.
     md = (out / "leaderboard.md").read_text()

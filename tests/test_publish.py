@@ -437,6 +437,27 @@ def test_card_renders_evaluation_results_when_present(package: Path, tmp_path: P
     assert "| `snr_2` | 2 | 0.406 | 0.580 | 50.0 |" in text
     assert "| snr | 50.0 |" in text and "results/mito.json" in text
     assert "No evaluation results" not in text
+    assert "**Beyond IoU.**" in text and "clDice" in text  # what each metric catches
+
+    # with the structure metrics (every build's results have them): columns beside IoU
+    results["metrics"] = {
+        "reported": ["cldice", "beta0_error", "hd95", "nsd"],
+        "headline": "cldice",
+    }
+    results["splits"]["test"].update(cldice=0.75, beta0_error=1.5, hd95=3.25, nsd=0.9)
+    results["splits"]["snr_2"].update(cldice=0.375, beta0_error=4.0, hd95=12.5, nsd=0.45)
+    results["families"]["snr"]["metrics"] = {
+        "cldice": {"mean_robustness": 50.0},
+        "nsd": {"mean_robustness": 50.0},
+    }
+    (out / "results" / "mito.json").write_text(json.dumps(results))
+    text = render_card(manifest, repo=REPO, out=out)
+    assert (
+        "| split | images | IoU | Dice | robustness | clDice | β0 error | HD95 (px) | NSD |" in text
+    )
+    assert "| `snr_2` | 2 | 0.406 | 0.580 | 50.0 | 0.375 | 4.000 | 12.50 | 0.450 |" in text
+    assert "| family | mean robustness | clDice robustness | NSD robustness |" in text
+    assert "| snr | 50.0 | 50.0 | 50.0 |" in text
 
 
 def test_sample_grid_shows_one_id_across_splits(package: Path):

@@ -7,6 +7,7 @@ One build writes one Hub package folder::
     OUT/data/<config>/<split>-NNNNN-of-NNNNN.parquet
     OUT/models/<config>-unet.safetensors (+ .md)   reference model, when attacks are built
     OUT/results/<config>.json, .md, -robustness.png   the reference model on every split
+    OUT/results/<config>-metric-<name>.png           one plot per structure metric
 
 This module is the only writer of the manifest (rank 0 of a multi-process build). The work
 itself is a list of units (:mod:`builder.assembly.units`) shared out across the ranks of a
@@ -264,7 +265,8 @@ def _evaluate_reference(
     ctx: distributed.Context, opts: BuildOptions, config: str, device: torch.device
 ) -> None:
     """Score the shipped reference model on every split, the splits shared across ranks:
-    ``results/<config>.json`` and ``.md``, and ``results/<config>-robustness.png`` (rank 0)."""
+    ``results/<config>.json`` and ``.md``, ``results/<config>-robustness.png`` and one plot
+    per structure metric, ``results/<config>-metric-<name>.png`` (rank 0)."""
     logger.info("evaluating the reference U-Net of %s on every split", config)
     start = time.perf_counter()
     results = evaluate(
@@ -274,6 +276,7 @@ def _evaluate_reference(
         batch_size=opts.batch_size,
         progress=opts.progress,
         ctx=ctx,
+        reference=False,  # these are the reference results: no mCE against themselves
     )
     logger.info(
         "rank %d: evaluation of %s done in %.2f s", ctx.rank, config, time.perf_counter() - start

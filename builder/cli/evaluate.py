@@ -1,5 +1,6 @@
-"""``fluorobench-c evaluate``: stream a benchmark into a model; IoU, Dice, robustness and, with
-``--consistency``, consistency."""
+"""``fluorobench-c evaluate``: stream a benchmark into a model; IoU, Dice, robustness, the
+structure metrics (clDice and Betti errors, or AP/F1/PQ; HD95, NSD), the worst case over
+attacks, the mCE against the reference model and, with ``--consistency``, consistency."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import argparse
 from pathlib import Path
 
 from builder.cli import common, launch
-from builder.evaluation.scoring import WHITEBOX_METHODS
+from builder.evaluation.scoring import GRADIENT_FREE_METHODS, METRIC_SETS, WHITEBOX_METHODS
 from synthesis.levels import CONFIGS
 from synthesis.normalize import NORMALIZATIONS
 
@@ -19,8 +20,23 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
     p.add_argument(
         "--model",
         default=None,
-        help="TorchScript file, .safetensors U-Net, module.py:factory, or a U-Net model folder or Hub model id (ORG/NAME) "
+        help="TorchScript file, .safetensors U-Net, module.py:factory, a U-Net model folder or Hub model id (ORG/NAME), "
+        "or a bioimage.io model (rdf.yaml, a package zip, or a folder holding rdf.yaml: its own "
+        "axes, pre- and postprocessing; needs the bioimageio extra) "
         "(default: the package's reference U-Net)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="bioimage.io models: foreground where the output is > this (default: 0.5 for a "
+        "probability, the model's own binarize threshold, > 0 for labels)",
+    )
+    p.add_argument(
+        "--channel",
+        default=None,
+        help="bioimage.io models: the output channel that is the foreground, by index or name "
+        "(needed when the output has several)",
     )
     common.add_splits(
         p, "splits, e.g. 'test snr_1' or 'test,snr_1' (default: every split but train/validation)"
@@ -30,8 +46,24 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
         action=common.ListAction,
         default=None,
         metavar="METHOD:EPS",
-        help="white-box attacks on the model, e.g. 'pgd:8 segpgd:8' "
-        f"({', '.join(WHITEBOX_METHODS)})",
+        help="white-box attacks on the model, e.g. 'pgd:8 segpgd:8 square:8' "
+        f"({', '.join(WHITEBOX_METHODS)}; {', '.join(GRADIENT_FREE_METHODS)} is gradient-free); "
+        "two or more at one EPS also give the worst case per image over them",
+    )
+    p.add_argument(
+        "--square-queries",
+        type=common.counts,
+        default=None,
+        metavar="N",
+        help="the Square attack's query budget: model evaluations per image (default 100)",
+    )
+    p.add_argument(
+        "--metrics",
+        default="all",
+        choices=list(METRIC_SETS),
+        help="all: IoU and Dice, the structure metrics (clDice and Betti errors for er/mito; "
+        "AP, F1, PQ for nucleus; HD95, NSD), the worst case over attacks and the mCE against "
+        "the package's reference model; iou: IoU and Dice only (default: all)",
     )
     p.add_argument(
         "--normalize",
@@ -85,11 +117,23 @@ def run(args: argparse.Namespace) -> int:
         device_type=device.type, timeout_s=args.rendezvous_timeout, job="evaluate"
     ) as ctx:
         device = ctx.device(device)
+        model = args.model
+        if args.threshold is not None or args.channel is not None:
+            from builder.evaluation.model_loading import load_model_spec
+
+            model = load_model_spec(
+                model,
+                args.data,
+                args.config,
+                device,
+                threshold=args.threshold,
+                channel=args.channel,
+            )
         ctx.agree("arguments", {k: str(v) for k, v in sorted(vars(args).items()) if k != "func"})
         results = evaluate(
             args.data,
             args.config,
-            model=args.model,
+            model=model,
             splits=args.splits,
             attacks=attacks,
             normalize=args.normalize,
@@ -98,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
             progress=common.progress,
             ctx=ctx,
             consistency=args.consistency,
+            metrics=args.metrics,
+            square_queries=args.square_queries,
         )
         ctx.leave()
     if not ctx.is_main:

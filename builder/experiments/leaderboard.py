@@ -24,6 +24,14 @@ on disk are refused unless ``overwrite``.
 Definitions (docs/definitions.md#leaderboard): corruption robustness = mean of the SNR, SIB
 and SVB family means; adversarial robustness = white-box PGD at ε = 8 (IoU / IoU on ``test``
 × 100); transfer robustness = mean over the ``fgsm_8``, ``ifgsm_8`` and ``pgd_8`` splits.
+
+Beside IoU, each entry carries the structure metrics (``evaluate``'s defaults): the test
+values, the corruption robustness on the structure's headline metric (clDice for ER and
+mitochondria, AP for nuclei) and the worst case over the white-box attacks at ε = 8
+(FGSM, PGD, SegPGD and the gradient-free Square attack). ``rankings`` orders the converged
+models by each criterion, and ``rank_agreement`` gives, per family, Spearman's ρ between
+the ranking by IoU robustness and by the headline metric's robustness, and between PGD
+alone and the worst case.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.package.card import number_cell
-from builder.package.eval_results import ranked_entries
+from builder.package.eval_results import METRIC_LABELS, ranked_entries
 from synthesis.runtime.errors import InputError, RefusedError
 from synthesis.runtime.files import atomic_write_bytes, sha256_file
 from synthesis.runtime.progress import ProgressFactory, no_progress
@@ -44,7 +52,14 @@ from synthesis.runtime.progress import ProgressFactory, no_progress
 logger = logging.getLogger(__name__)
 
 #: White-box attacks run on every model, at the benchmark's headline budget (grey levels).
-WHITEBOX: tuple[tuple[str, float], ...] = (("fgsm", 8.0), ("pgd", 8.0), ("segpgd", 8.0))
+WHITEBOX: tuple[tuple[str, float], ...] = (
+    ("fgsm", 8.0),
+    ("pgd", 8.0),
+    ("segpgd", 8.0),
+    ("square", 8.0),
+)
+#: The split of the worst case per image over :data:`WHITEBOX` (``evaluate``).
+WORST = "whitebox_worst_8"
 #: Families averaged into corruption robustness.
 CORRUPTION_FAMILIES: tuple[str, ...] = ("snr", "sib", "svb")
 #: A model whose test IoU is below this share of the best one did not learn the task in the
@@ -169,6 +184,7 @@ def leaderboard(opts: LeaderboardOptions, *, progress: ProgressFactory | None = 
         "whitebox": [f"{m}:{e:g}" for m, e in WHITEBOX],
         "models": entries,
         "correlation": correlation(entries),
+        **rankings(entries),
     }
     write_leaderboard(out, board)
     return board
@@ -307,7 +323,11 @@ def _evaluated(
             results = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             results = None
-        if results is not None and results.get("model", {}).get("sha256") == sha:
+        if (
+            results is not None
+            and results.get("model", {}).get("sha256") == sha
+            and WORST in results.get("splits", {})  # made with every metric and attack
+        ):
             logger.info("%s: results found (%s), not re-evaluating", name, path)
             return results
     model = load_zoo_model(weights, device, record)
@@ -358,7 +378,70 @@ def _entry(
         "adversarial_robustness": rob("whitebox_pgd_8"),
         "transfer_robustness": _mean([rob(s) for s in TRANSFER_SPLITS]),
         "results": (out / "results" / f"{name}.json").relative_to(out).as_posix(),
+        **_structure_entry(results),
     }
+
+
+def _structure_entry(results: dict[str, Any]) -> dict[str, Any]:
+    """An entry's structure-metric keys (None where ``results`` has no structure metrics)."""
+    info = results.get("metrics")
+    if not info:
+        return {"headline_metric": None, "test_metrics": {}, "metric_robustness": {}}
+    headline = info["headline"]
+    test = results["splits"]["test"]
+    per_family = {
+        f: (v.get("metrics") or {}).get(headline, {}).get("mean_robustness")
+        for f, v in results.get("families", {}).items()
+        if v.get("metrics")
+    }
+    worst = results["splits"].get(WORST) or {}
+    return {
+        "headline_metric": headline,
+        "test_metrics": {m: test.get(m) for m in info["reported"]},
+        "metric_robustness": per_family,
+        "corruption_metric_robustness": _mean([per_family.get(f) for f in CORRUPTION_FAMILIES]),
+        "worst_case_robustness": worst.get("robustness"),
+        "worst_case_iou_mean": worst.get("iou_mean"),
+        "worst_counts": worst.get("worst_counts"),
+        "gradient_masking": worst.get("gradient_masking"),
+    }
+
+
+#: The leaderboard's rankings: name -> (entry key, what it ranks by).
+RANKINGS: dict[str, tuple[str, str]] = {
+    "iou": ("corruption_robustness", "corruption robustness on IoU"),
+    "headline": ("corruption_metric_robustness", "corruption robustness on clDice / AP"),
+    "pgd": ("adversarial_robustness", "white-box PGD ε8 robustness"),
+    "worst_case": ("worst_case_robustness", "adversarial (worst of N) ε8 robustness"),
+}
+
+
+def rankings(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """``rankings``: per criterion of :data:`RANKINGS` the converged models, best first
+    (models without the value are left out); ``rank_agreement``: per family Spearman's ρ
+    between the models' IoU robustness and their headline-metric robustness (how far the
+    ranking moves), and ``pgd_vs_worst_case``."""
+    ok = [e for e in entries if e.get("converged", True)]
+    out: dict[str, list[str]] = {}
+    for name, (key, _) in RANKINGS.items():
+        have = [e for e in ok if e.get(key) is not None]
+        out[name] = [e["model"] for e in sorted(have, key=lambda e: -e[key])]
+    agreement: dict[str, Any] = {}
+    families = sorted({f for e in ok for f in e.get("metric_robustness") or {}})
+    for f in families:
+        pairs = [
+            (e["robustness"].get(f), e["metric_robustness"].get(f))
+            for e in ok
+            if e["robustness"].get(f) is not None and e["metric_robustness"].get(f) is not None
+        ]
+        agreement[f] = spearman([p[0] for p in pairs], [p[1] for p in pairs])
+    pairs = [
+        (e["adversarial_robustness"], e["worst_case_robustness"])
+        for e in ok
+        if e["adversarial_robustness"] is not None and e.get("worst_case_robustness") is not None
+    ]
+    agreement["pgd_vs_worst_case"] = spearman([p[0] for p in pairs], [p[1] for p in pairs])
+    return {"rankings": out, "rank_agreement": agreement}
 
 
 def ranks(values: list[float]) -> list[float]:
@@ -455,9 +538,69 @@ def leaderboard_markdown(board: dict[str, Any]) -> str:
             + " | ".join(number_cell(v, 1) for v in e["whitebox_robustness"].values())
             + " |"
         )
+    lines += _rankings_markdown(board, ranked)
     lines += ["", "| model | weights | sha256 |", "|---|---|---|"]
     lines += [f"| `{e['model']}` | `{e['weights']}` | `{e['sha256']}` |" for e in ranked]
     return "\n".join(lines) + "\n"
+
+
+def _rankings_markdown(board: dict[str, Any], ranked: list[dict[str, Any]]) -> list[str]:
+    """The structure metrics per model and the rank of each model by each criterion."""
+    if not board.get("rankings") or not any(e.get("headline_metric") for e in ranked):
+        return []
+    headline = next(e["headline_metric"] for e in ranked if e.get("headline_metric"))
+    label = {"cldice": "clDice", "ap": "AP"}.get(headline, headline)
+    have = next(e["test_metrics"] for e in ranked if e.get("test_metrics"))
+    reported = [m for m in METRIC_LABELS if m in have]  # a fixed order (JSON sorts keys)
+    lines = [
+        "",
+        f"Structure metrics on `test`, corruption robustness on {label} (mean of the SNR, SIB "
+        "and SVB family means of metric / metric on `test` × 100) and the worst case per "
+        "image over the white-box attacks at ε = 8 (robustness of its IoU; which attack was "
+        "the worst how often; gradient masking suspected where the gradient-free attack "
+        "beats every gradient attack):",
+        "",
+        "| model | "
+        + " | ".join(METRIC_LABELS.get(m, m) for m in reported)
+        + f" | corruption ({label}) | worst of N ε8 | worst on (images) | gradient masking |",
+        "|---|" + "---:|" * len(reported) + "---:|---:|---|---|",
+    ]
+    for e in ranked:
+        counts = ", ".join(f"{m} {c}" for m, c in (e.get("worst_counts") or {}).items())
+        mask = {True: "suspected", False: "no", None: "—"}[e.get("gradient_masking")]
+        lines.append(
+            f"| `{e['model']}` | "
+            + " | ".join(
+                number_cell((e.get("test_metrics") or {}).get(m), 2 if m == "hd95" else 3)
+                for m in reported
+            )
+            + f" | {number_cell(e.get('corruption_metric_robustness'), 1)} "
+            f"| {number_cell(e.get('worst_case_robustness'), 1)} | {counts or '—'} | {mask} |"
+        )
+    names = [e["model"] for e in ranked if e.get("converged", True)]
+    pos = {k: {m: i + 1 for i, m in enumerate(v)} for k, v in board["rankings"].items()}
+    lines += [
+        "",
+        "Rank of each model by each criterion (1 = most robust):",
+        "",
+        "| model | " + " | ".join(RANKINGS[k][1] for k in RANKINGS) + " |",
+        "|---|" + "---:|" * len(RANKINGS),
+    ]
+    for m in names:
+        lines.append(
+            f"| `{m}` | " + " | ".join(str(pos.get(k, {}).get(m, "—")) for k in RANKINGS) + " |"
+        )
+    agree = board.get("rank_agreement") or {}
+    fams = ", ".join(
+        f"{f} {number_cell(v, 2)}" for f, v in agree.items() if f != "pgd_vs_worst_case"
+    )
+    lines += [
+        "",
+        f"Spearman's ρ between the ranking by IoU robustness and by {label} robustness, per "
+        f"family: {fams or '—'}; between white-box PGD and the worst case: "
+        f"{number_cell(agree.get('pgd_vs_worst_case'), 2)}.",
+    ]
+    return lines
 
 
 def plot_leaderboard(board: dict[str, Any], path: Path) -> dict[str, Any]:

@@ -24,7 +24,12 @@ from datasets import DatasetInfo, Features, SplitDict, SplitInfo
 from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCardData
 
-from builder.package.eval_results import ranked_entries, write_benchmark_declaration
+from builder.package.eval_results import (
+    METRIC_LABELS,
+    metric_cell,
+    ranked_entries,
+    write_benchmark_declaration,
+)
 from builder.package.manifest import pseudo_mask_method, split_files, split_num_bytes
 from builder.package.samples import grid_path, write_sample_grids
 from synthesis.levels import (
@@ -454,11 +459,13 @@ def _results(manifest: dict[str, Any], out: Path | None) -> str:
             continue
         splits = res.get("splits") or {}
         model = (res.get("model") or {}).get("description", "reference U-Net")
+        reported = [m for m in (res.get("metrics") or {}).get("reported", []) if m in METRIC_LABELS]
         lines = [
             f"**{CONFIG_TITLES[c]}** — {model} (`{path.relative_to(out).as_posix()}`)",
             "",
-            "| split | images | IoU | Dice | robustness |",
-            "|---|---:|---:|---:|---:|",
+            "| split | images | IoU | Dice | robustness |"
+            + "".join(f" {METRIC_LABELS[m]} |" for m in reported),
+            "|---|---:|---:|---:|---:|" + "---:|" * len(reported),
         ]
         order = list(manifest["configs"][c]["splits"])  # the package's order, then the rest
         for name in sorted(splits, key=lambda n: (order.index(n) if n in order else len(order), n)):
@@ -466,13 +473,25 @@ def _results(manifest: dict[str, Any], out: Path | None) -> str:
             lines.append(
                 f"| `{name}` | {r.get('images', '—')} | {number_cell(r.get('iou'))} | "
                 f"{number_cell(r.get('dice'))} | {number_cell(r.get('robustness'), 1)} |"
+                + "".join(f" {metric_cell(r, m)} |" for m in reported)
             )
         families = res.get("families") or {}
         if families:
-            lines += ["", "| family | mean robustness |", "|---|---:|"]
+            rel = [m for m in reported if m in ("cldice", "ap", "ap_50", "f1", "pq", "nsd")]
             lines += [
-                f"| {f} | {number_cell(v.get('mean_robustness'), 1)} |" for f, v in families.items()
+                "",
+                "| family | mean robustness |"
+                + "".join(f" {METRIC_LABELS[m]} robustness |" for m in rel),
+                "|---|---:|" + "---:|" * len(rel),
             ]
+            for f, v in families.items():
+                by = v.get("metrics") or {}
+                lines.append(
+                    f"| {f} | {number_cell(v.get('mean_robustness'), 1)} |"
+                    + "".join(
+                        f" {number_cell(by.get(m, {}).get('mean_robustness'), 1)} |" for m in rel
+                    )
+                )
         plot = path.with_name(f"{c}-robustness.png")
         if plot.exists():
             lines += ["", f"![{c} robustness]({plot.relative_to(out).as_posix()})"]
@@ -485,7 +504,11 @@ def _results(manifest: dict[str, Any], out: Path | None) -> str:
         )
     return (
         "IoU and Dice on the foreground (threshold 0.5, aggregated over all pixels); "
-        "robustness = IoU / IoU on `test` × 100.\n\n" + "\n\n".join(blocks)
+        "robustness = IoU / IoU on `test` × 100. Beside them, where the results have them, "
+        "the structure metrics (means per image; clDice pooled): clDice and the Betti-number "
+        "errors for ER and mitochondria, AP, F1 and PQ for nuclei, HD95 (px) and NSD "
+        "(τ = 2 px) for all; a family's robustness on a metric is its mean of metric / "
+        "metric on `test` × 100.\n\n" + "\n\n".join(blocks)
     )
 
 

@@ -12,7 +12,9 @@ of models whose entries name the benchmark show up on the benchmark's leaderboar
 One task per config and test-based split, ``<config>-<split>``, scored as IoU × 100 on the
 foreground (threshold 0.5, aggregated over all pixels; docs/definitions.md#normalisation-and-scores), so
 every split has its own leaderboard and robustness (IoU / IoU on ``test`` × 100) follows from
-two of them. It is also given in each entry's ``notes``.
+two of them. It is also given in each entry's ``notes``, with the split's structure metrics
+(clDice and Betti errors, or AP/F1/PQ; HD95 and NSD) where ``results`` has them: the task's
+value stays IoU.
 """
 
 from __future__ import annotations
@@ -31,6 +33,27 @@ EVAL_RESULTS_DIR = ".eval_results"
 FRAMEWORK = "fluorobench-c"
 #: Splits that are not scored (the model's own training data).
 NOT_SCORED = ("train", "validation")
+#: How reports, the card and the notes name each metric of ``results.json``.
+METRIC_LABELS = {
+    "iou": "IoU",
+    "cldice": "clDice",
+    "beta0_error": "β0 error",
+    "beta1_error": "β1 error",
+    "ap": "AP@0.5:0.95",
+    "ap_50": "AP@0.5",
+    "f1": "F1@0.5",
+    "pq": "PQ",
+    "hd95": "HD95 (px)",
+    "nsd": "NSD",
+}
+
+
+def metric_cell(results_split: dict[str, Any], metric: str) -> str:
+    """A metric's value as the reports print it (HD95 to 0.01 px, the others to 0.001)."""
+    value = results_split.get(metric)
+    if not _finite(value):
+        return "—"
+    return f"{value:.{2 if metric == 'hd95' else 3}f}"
 
 
 def task_id(config: str, split: str) -> str:
@@ -91,6 +114,9 @@ def eval_result_entries(
         notes = [f"IoU {iou:.4f} on {r.get('images', '?')} images"]
         if _finite(r.get("robustness")):
             notes.append(f"robustness {r['robustness']:.1f}")
+        for metric in (results.get("metrics") or {}).get("reported", []):
+            if _finite(r.get(metric)):
+                notes.append(f"{METRIC_LABELS[metric]} {metric_cell(r, metric)}")
         notes.append(f"input {model.get('normalize', '?')}")
         entries.append(
             EvalResultEntry(

@@ -35,7 +35,16 @@ Randomness: the PGD/SegPGD/CosPGD random start is uniform in ``[-eps, eps]``, dr
 :func:`synthesis.rng.uniform` from the per-row seeds on stream :data:`streams.ATTACK_START`,
 so an attacked row can be replayed from its seed and stored settings.
 
-Streams: :data:`streams.ATTACK_START` (the random start).
+The gradient-free **Square attack** (:func:`square_attack`, method ``"square"``;
+Andriushchenko et al., ECCV 2020) searches at random in the same space and budget: it starts
+from vertical stripes of ``+-eps``, then, for a budget of model evaluations (queries), sets one
+random square window of the perturbation to ``+eps`` or ``-eps`` and keeps the change when the
+summed per-pixel loss grows. It needs no gradient, so a model whose gradients are masked
+(uninformative) is still attacked by it: if it beats the gradient attacks at the same budget,
+their scores overstate the model's robustness.
+
+Streams: :data:`streams.ATTACK_START` (the random start), :data:`streams.ATTACK_SQUARE` (the
+Square attack's stripes, windows and signs).
 """
 
 from __future__ import annotations
@@ -60,14 +69,19 @@ from synthesis.rng import streams
 from synthesis.thread_invariant import on_model_threads
 
 __all__ = [
+    "GRADIENT_FREE",
     "GREY_LEVELS",
     "METHODS",
     "SEGMENTATION_ATTACKS",
+    "SQUARE_P_INIT",
+    "SQUARE_QUERIES",
     "AttackResult",
     "attack",
     "minmax",
     "pixel_loss",
     "random_start",
+    "square_attack",
+    "square_size",
 ]
 
 logger = logging.getLogger(__name__)
@@ -80,8 +94,15 @@ SEGMENTATION_ATTACKS: dict[str, AttackProtocol] = {
     "cospgd": AttackProtocol("cospgd", step_grey=2.0, random_start=True),
 }
 _PROTOCOLS: dict[str, AttackProtocol] = {**ATTACKS, **SEGMENTATION_ATTACKS}
-#: Attack methods :func:`attack` runs.
+#: Gradient attack methods (:func:`attack_budgets`).
 METHODS: tuple[str, ...] = tuple(_PROTOCOLS)
+#: Gradient-free attack methods (:func:`square_attack`); :func:`attack` runs these too.
+GRADIENT_FREE: tuple[str, ...] = ("square",)
+#: The Square attack's default query budget: model evaluations per image, the start included.
+SQUARE_QUERIES = 100
+#: The Square attack's initial fraction of the image one square covers (the paper's L-inf
+#: ``p_init``), halved on its schedule as the queries are spent (:func:`square_size`).
+SQUARE_P_INIT = 0.05
 _ADU_MAX = float(Camera().adc_max_adu)
 #: Methods whose objective is the same at every iteration, so runs may share gradients.
 _STEP_INDEPENDENT = ("fgsm", "ifgsm", "pgd")
@@ -337,7 +358,27 @@ def attack(
             out-of-range ADU, constant images, model outputs that are not one- or two-channel
             logits of the input's size, or a loss of the wrong shape.
         RuntimeError: called in ``torch.inference_mode`` (attacks need autograd).
+
+    ``method="square"`` runs :func:`square_attack` (``iterations``: its query budget, default
+    :data:`SQUARE_QUERIES`; ``step_grey`` and ``random_init`` do not apply to it).
     """
+    if method in GRADIENT_FREE:
+        if step_grey is not None or random_init is not None:
+            raise ValueError("the Square attack takes no step_grey or random_init")
+        if seeds is None:
+            raise ValueError(
+                "the Square attack draws at random: pass seeds of shape (B,). Got None"
+            )
+        return square_attack(
+            model,
+            adu,
+            mask,
+            eps_grey=eps_grey,
+            seeds=seeds,
+            queries=SQUARE_QUERIES if iterations is None else iterations,
+            loss=loss,
+            preprocess=preprocess,
+        )
     (result,) = attack_budgets(
         model,
         adu,
@@ -605,3 +646,151 @@ def _finish(
         hi_adu=hi.to(out_device),
         params=params,
     )
+
+
+def square_size(p_init: float, t: int, queries: int, h: int, w: int) -> int:
+    """The side (px) of the Square attack's window at iteration ``t`` (0-based) of ``queries``.
+
+    The paper's schedule for 10 000 iterations, rescaled to ``queries``: the fraction ``p`` of
+    the image a window covers starts at ``p_init`` and halves after 10, 50, 200, 500, 1000,
+    2000, 4000, 6000 and 8000 (of 10 000) iterations; the side is ``round(sqrt(p H W))``,
+    at least 1 and below ``min(H, W)``.
+
+    Example:
+        >>> square_size(0.05, 0, 100, 256, 256), square_size(0.05, 99, 100, 256, 256)
+        (57, 3)
+    """
+    it = int(t / queries * 10000)
+    halvings = sum(it > b for b in (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000))
+    side = round(math.sqrt(p_init / 2**halvings * h * w))
+    return int(min(max(side, 1), max(min(h, w) - 1, 1)))
+
+
+@on_model_threads(lambda args: _attack_device(args["model"], args["adu"]))
+def square_attack(
+    model: nn.Module,
+    adu: Tensor,
+    mask: Tensor,
+    *,
+    eps_grey: float,
+    seeds: Tensor | int,
+    queries: int = SQUARE_QUERIES,
+    loss: AttackLoss | None = None,
+    preprocess: Callable[[Tensor], Tensor] = zscore,
+    p_init: float = SQUARE_P_INIT,
+) -> AttackResult:
+    """The Square attack (Andriushchenko et al., ECCV 2020), L-inf, gradient-free.
+
+    In the space and budget of :func:`attack` (per-image min-max ``[0, 1]``, ``eps_grey / 255``,
+    the result rounded to ADU within ``floor(eps (hi - lo) / 255)``). The perturbation starts
+    as vertical stripes, each column ``+eps`` or ``-eps`` at random (one query); then for each
+    of the other ``queries - 1`` queries one window of side :func:`square_size`, at a random
+    position, is set to ``+eps`` or ``-eps`` at random (the opposite sign when the window
+    already holds that value everywhere), and the change is kept when the image's summed
+    per-pixel loss (``loss``, default :func:`pixel_loss`) strictly grows. Every draw comes from
+    the row's seed on stream :data:`streams.ATTACK_SQUARE` (sub-stream 0: the stripes; 1: the
+    windows and signs), drawn in advance, so a row's attack is a pure function of its seed,
+    whatever its batch; on CPU the images are attacked one at a time (as :func:`attack`).
+
+    Args:
+        model: as :func:`attack`; run in eval mode without gradients.
+        adu: ``(B, 1, H, W)`` integer ADU values.
+        mask: ``(B, 1, H, W)`` bool ground truth.
+        eps_grey: the budget in grey levels, > 0.
+        seeds: per-row int64 seeds ``(B,)``.
+        queries: model evaluations per image, the start included (>= 1).
+        loss: the per-pixel (or per-image) loss to raise.
+        preprocess: maps the [0, 1] image to the model input.
+        p_init: the first window's fraction of the image, in (0, 1].
+
+    Returns:
+        An :class:`AttackResult` (``params``: ``method`` "square", ``iterations`` = ``queries``,
+        ``queries``, ``p_init``, ``seed_stream`` :data:`streams.ATTACK_SQUARE`).
+
+    Raises:
+        TypeError, ValueError: as :func:`attack`; a bad ``queries`` or ``p_init``.
+    """
+    eps_grey = float(eps_grey)
+    if not math.isfinite(eps_grey) or eps_grey <= 0:
+        raise ValueError(f"eps_grey must be a finite number > 0. Got {eps_grey}")
+    if isinstance(queries, bool) or not isinstance(queries, int) or queries < 1:
+        raise ValueError(f"queries must be an int >= 1. Got {queries!r}")
+    if not (isinstance(p_init, (int, float)) and 0 < p_init <= 1):
+        raise ValueError(f"p_init must be in (0, 1]. Got {p_init!r}")
+    out_device = adu.device if isinstance(adu, Tensor) else torch.device("cpu")
+    device = _model_device(model, out_device)
+    x_adu = _check_adu(adu).to(device)
+    mask = check_mask(mask, x_adu, require_foreground=False)
+    b, _, h, w = x_adu.shape
+    seeds = check_seeds(seeds, b, device)
+    x0, lo, hi = minmax(x_adu)
+    if device.type == "cpu" and b > 1:  # one image at a time (see attack_budgets)
+        parts = [
+            square_attack(
+                model,
+                x_adu[i : i + 1],
+                mask[i : i + 1],
+                eps_grey=eps_grey,
+                seeds=seeds[i : i + 1],
+                queries=queries,
+                loss=loss,
+                preprocess=preprocess,
+                p_init=p_init,
+            )
+            for i in range(b)
+        ]
+        return _concat(parts, out_device)
+    loss_fn = pixel_loss if loss is None else loss
+    eps = eps_grey / GREY_LEVELS
+    cpu_seeds = seeds.cpu()
+    stripes = rng.uniform(cpu_seeds, (w,), streams.ATTACK_SQUARE, sub=0).to(device)
+    draws = rng.uniform(cpu_seeds, (max(queries - 1, 1), 3), streams.ATTACK_SQUARE, sub=1)
+    channels = [0]
+    with _attack_mode(model, device) as fast, torch.no_grad():
+
+        def objective(x: Tensor) -> Tensor:
+            logits = check_logits(fast(preprocess(x)), x, "model output")
+            channels[0] = logits.shape[1]
+            values = loss_fn(logits, mask)
+            if not isinstance(values, Tensor) or values.dim() == 0 or values.shape[0] != b:
+                raise ValueError(
+                    f"the attack loss must return a tensor with a leading batch dimension {b}. "
+                    f"Got {getattr(values, 'shape', type(values).__name__)}"
+                )
+            return values.reshape(b, -1).double().sum(1)
+
+        sign = torch.where(stripes < 0.5, -1.0, 1.0).view(b, 1, 1, w)
+        delta = (sign * eps).expand(b, 1, h, w).clone()
+        best = objective((x0 + delta).clamp(0.0, 1.0))
+        for t in range(queries - 1):
+            side = square_size(p_init, t, queries - 1, h, w)
+            candidate = delta.clone()
+            for i in range(b):
+                u = draws[i, t].tolist()
+                r = min(int(u[0] * (h - side + 1)), h - side)
+                c = min(int(u[1] * (w - side + 1)), w - side)
+                value = eps if u[2] < 0.5 else -eps
+                window = candidate[i, :, r : r + side, c : c + side]
+                if bool((window == value).all()):
+                    value = -value
+                window.fill_(value)
+            score = objective((x0 + candidate).clamp(0.0, 1.0))
+            better = score > best
+            delta = torch.where(better.view(b, 1, 1, 1), candidate, delta)
+            best = torch.where(better, score, best)
+    result = _finish(
+        (x0 + delta).clamp(0.0, 1.0),
+        x_adu,
+        lo,
+        hi,
+        eps_grey,
+        eps_grey,
+        queries,
+        True,
+        "square",
+        loss,
+        channels[0],
+        out_device,
+    )
+    result.params.update(queries=queries, p_init=float(p_init), seed_stream=streams.ATTACK_SQUARE)
+    return result

@@ -33,6 +33,7 @@ NOISE_CORR = 284
 NOISE_CHOICE = 285
 # Attacks (synthesis.corruptions.attacks)
 ATTACK_START = 300  #: PGD's uniform random start
+ATTACK_SQUARE = 301  #: the Square attack's stripes, squares and signs (random search)
 # GAN training (synthesis.models.gan_training)
 GAN_TRAIN_NOISE = 380
 # The build's train and validation rows (builder.assembly.images)
