@@ -37,6 +37,7 @@ from typing import Any
 from builder.package.manifest import read_manifest
 from synthesis.levels import CONFIG_TITLES, PIXEL_SIZE_UM
 from synthesis.runtime.errors import InputError, RefusedError
+from synthesis.runtime.extras import missing_extra
 from synthesis.runtime.files import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -61,14 +62,7 @@ SPDX = {"cc-by-4.0": "CC-BY-4.0", "cc0-1.0": "CC0-1.0", "apache-2.0": "Apache-2.
 
 def bioimageio_missing() -> str | None:
     """None when ``bioimageio.spec`` and ``bioimageio.core`` import, else how to install them."""
-    import importlib
-
-    try:
-        for name in ("bioimageio.spec", "bioimageio.core"):
-            importlib.import_module(name)
-    except ImportError as exc:
-        return f'needs the bioimageio extra: pip install "fluorobench-c[bioimageio]" ({exc})'
-    return None
+    return missing_extra("bioimageio", ("bioimageio.spec", "bioimageio.core"))
 
 
 def export_bioimageio(

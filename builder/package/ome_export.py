@@ -37,6 +37,7 @@ from builder.package.manifest import read_manifest, split_files
 from builder.package.plan import CORRUPTIONS, FAMILIES
 from synthesis.levels import PIXEL_SIZE_UM
 from synthesis.runtime.errors import InputError, RefusedError
+from synthesis.runtime.extras import missing_extra
 from synthesis.runtime.files import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -50,14 +51,7 @@ NGFF_VERSION = "0.5"
 
 def ome_missing() -> str | None:
     """None when ``ome-zarr`` and ``zarr`` import, else how to install them."""
-    import importlib
-
-    try:
-        for name in ("zarr", "ome_zarr.writer"):
-            importlib.import_module(name)
-    except ImportError as exc:
-        return f'needs the ome extra: pip install "fluorobench-c[ome]" ({exc})'
-    return None
+    return missing_extra("ome", ("zarr", "ome_zarr.writer"))
 
 
 def select_splits(manifest: dict[str, Any], config: str, requested: list[str] | None) -> list[str]:
