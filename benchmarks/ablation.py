@@ -10,7 +10,8 @@ wall time of each variant and the machine.
 
 Per variant, once, the realism measures of its train images against the real train tiles
 (``synthesis.realism``: five distances, the domain score, and the feature distance in a U-Net
-trained on the real train tiles) and, per measure, the Spearman
+trained on the real train tiles), its quick transfer (a U-Net trained 3 epochs on it,
+scored on the real train tiles) and, per measure, the Spearman
 correlation across the variants with the real-image IoU: which measures agree with transfer.
 
 Variants by name or file name (``-texture`` or ``no-texture``; a name starting with ``-``

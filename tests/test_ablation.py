@@ -199,6 +199,7 @@ def test_resumed_run_trains_nothing(discs, tmp_path, monkeypatch):
         test=3,
         device="cpu",
         domain=DomainSettings(crop=32, steps=10, batch=8),
+        quick_epochs=1,
     )
     first = ab.ablation(opts)
     ab.write_ablation_reports(opts.out, first)
@@ -222,11 +223,20 @@ def test_resumed_run_trains_nothing(discs, tmp_path, monkeypatch):
     assert [p.name.split("-realism")[0] for p in stored] == ["naive-shipped", "snr-real"]
     for name, v in first["variants"].items():
         r = v["realism"]
-        assert list(r["measures"]) == list(MEASURES) and r["tiles"] == 4, name
+        assert list(r["measures"]) == list(ab.ABLATION_MEASURES) and r["tiles"] == 4, name
+        assert list(ab.ABLATION_MEASURES[: len(MEASURES)]) == list(MEASURES)
         assert not r["reused"] and r["domain"]["settings"]["steps"] == 10
         assert r["measures"]["feature_fd"] == r["features"]["fd"] > 0
         assert opts.realism_path(ab.variant_by_name(name)).exists()
-    assert first["realism_transfer"].keys() == set(MEASURES)
+        # The quick transfer: a 1-epoch U-Net on the variant, scored on the real train tiles.
+        q = r["quick_transfer"]
+        assert q["epochs"] == 1 and not q["reused"] and 0 <= q["iou"] <= 1
+        assert r["measures"]["quick_transfer"] == q["distance"] == pytest.approx(1 - q["iou"])
+        quick = opts.quick_path(ab.variant_by_name(name))
+        assert quick.exists() and quick.with_suffix(".json").exists()
+        models.append(quick)
+    stamps = [p.stat().st_mtime_ns for p in models]
+    assert first["realism_transfer"].keys() == set(ab.ABLATION_MEASURES)
     assert all(
         c["variants"] == 2 and c["agrees"] is None for c in first["realism_transfer"].values()
     )
@@ -244,12 +254,13 @@ def test_resumed_run_trains_nothing(discs, tmp_path, monkeypatch):
         assert v["seconds"]["total"] == first["variants"][name]["seconds"]["total"]
     assert again["native_snr_train"] == first["native_snr_train"]
     assert all(v["realism"]["reused"] for v in again["variants"].values())
+    assert all(v["realism"]["quick_transfer"]["reused"] for v in again["variants"].values())
     assert again["realism_transfer"] == first["realism_transfer"]
     md = (opts.out / "ablation.md").read_text()
     assert md == ab.ablation_markdown(first)
     assert "| snr=real |" in md and "| naive (shipped) |" in md
     assert "## Realism against transfer" in md and "| domain AUC | " in md
-    assert "| feature FD | " in md
+    assert "| feature FD | " in md and "| quick transfer | " in md
     assert json.loads((opts.out / "ablation.json").read_text())["variants"].keys() == set(
         opts.variants
     )

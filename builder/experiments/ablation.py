@@ -45,7 +45,11 @@ same masks); and, per measure, the Spearman rank correlation across the
 variants between the measure (lower: more real) and the variant's mean real-image IoU
 (:func:`realism_transfer`). A measure that predicts transfer correlates strongly
 negatively; it *agrees with transfer* when rho <= :data:`AGREES_RHO` over at least
-:data:`AGREES_MIN_VARIANTS` variants (``docs/definitions.md#realism``).
+:data:`AGREES_MIN_VARIANTS` variants (``docs/definitions.md#realism``). Beside them, the
+**quick transfer** (``quick_transfer``, :data:`ABLATION_MEASURES`): 1 - the IoU, on the real
+*train* tiles, of the reference U-Net trained for only ``quick_epochs`` epochs (training seed
+0) on the variant's train images; a short training run, so it needs the training code and
+lives here rather than in :mod:`synthesis.realism` (``models/<variant>-quick-<hash>``).
 
 Resumable: each model is saved as ``models/<variant>-seed<k>-<hash>.safetensors`` and its
 scores as the ``.json`` beside it, the hash covering every setting they depend on; a rerun
@@ -96,6 +100,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ABLATION_MEASURES",
     "AGREES_MIN_VARIANTS",
     "AGREES_RHO",
     "COMPONENTS",
@@ -160,6 +165,10 @@ AGREES_MIN_VARIANTS = 5
 #: Version of the realism measures' definitions, in their cache key: bump it when
 #: :mod:`synthesis.realism` changes a value.
 REALISM_VERSION = 2
+
+#: The measures compared with transfer: :data:`synthesis.realism.MEASURES` and the quick
+#: transfer (a short training run on the variant, scored on the real train tiles).
+ABLATION_MEASURES: tuple[str, ...] = (*MEASURES, "quick_transfer")
 
 
 @dataclass(frozen=True)
@@ -293,6 +302,8 @@ class AblationOptions:
     device: str | None = None
     #: The domain score's classifier and training (in the measures' cache key).
     domain: DomainSettings = DOMAIN
+    #: Epochs of the quick transfer's U-Net (training seed 0).
+    quick_epochs: int = 3
 
     def validate(self) -> None:
         """Raises :class:`InputError` for a bad source, variant or count."""
@@ -302,7 +313,7 @@ class AblationOptions:
             variant_by_name(name)
         if not self.variants:
             raise InputError("no variant selected")
-        for key in ("seeds", "epochs", "train", "validation", "test"):
+        for key in ("seeds", "epochs", "train", "validation", "test", "quick_epochs"):
             if getattr(self, key) < 1:
                 raise InputError(f"{key} must be >= 1. Got {getattr(self, key)}")
 
@@ -356,6 +367,19 @@ class AblationOptions:
                 "features": {"network": self.features_recipe(), "pixels": FEATURE_PIXELS},
             },
         }
+
+    def quick_recipe(self, variant: Variant) -> dict[str, Any]:
+        """Everything a variant's quick transfer depends on: its training recipe at
+        ``quick_epochs`` epochs and training seed 0, scored on the real train tiles."""
+        recipe = self._training_recipe(0, variant.recipe())
+        return {**recipe, "epochs": self.quick_epochs, "scored_on": "real train tiles"}
+
+    def quick_path(self, variant: Variant) -> Path:
+        """``models/<variant>-quick-<hash>.safetensors``: the quick transfer's U-Net (its
+        record is the ``.json`` beside it)."""
+        key = json.dumps(self.quick_recipe(variant), sort_keys=True).encode()
+        digest = hashlib.sha256(key).hexdigest()[:12]
+        return self.out / "models" / f"{variant.slug}-quick-{digest}.safetensors"
 
     def realism_path(self, variant: Variant) -> Path:
         """``models/<variant>-realism-<hash>.json``: the variant's stored measures."""
@@ -572,9 +596,11 @@ def ablation(opts: AblationOptions, *, progress: ProgressFactory | None = None) 
         for seed in range(opts.seeds):
             runs.append(_run(opts, variant, seed, data, made, test, device, progress))
         results["variants"][variant.name] = _summary(variant, runs)
-        results["variants"][variant.name]["realism"] = _realism(
-            opts, variant, data, made, real_train, network, device, progress
-        )
+        realism = _realism(opts, variant, data, made, real_train, network, device, progress)
+        quick = _quick_transfer(opts, variant, data, made, real_train, device, progress)
+        realism["measures"]["quick_transfer"] = quick["distance"]
+        realism["quick_transfer"] = quick
+        results["variants"][variant.name]["realism"] = realism
         logger.info(
             "ablation: %s IoU real %s", variant.name, results["variants"][variant.name]["iou"]
         )
@@ -744,8 +770,63 @@ def _realism(
     return {**record, "reused": False}
 
 
+def _quick_transfer(
+    opts: AblationOptions,
+    variant: Variant,
+    data: AblationData,
+    made: list[Any],
+    real_train: list[Any],
+    device: torch.device,
+    progress: ProgressFactory | None,
+) -> dict[str, Any]:
+    """The variant's quick transfer: stored, or the reference U-Net trained for
+    ``opts.quick_epochs`` epochs (training seed 0) on its train images (this run's, else
+    rendered now), scored on the real train tiles, and stored."""
+    from synthesis.normalize import zscore
+
+    path = opts.quick_path(variant)
+    record_path = path.with_suffix(".json")
+    if record_path.exists():
+        logger.info("ablation: reusing %s", record_path)
+        return {**json.loads(record_path.read_text()), "reused": True}
+    if not made:
+        made.append((data.synthetic(variant, "train"), data.synthetic(variant, "validation")))
+    (tx, tm, _), (vx, vm, _) = made[0]
+    if not real_train:
+        real_train.append(data.real("train"))
+    ids, x, m = real_train[0]
+    t0 = time.perf_counter()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model, _ = fit_reference(
+        tx,
+        tm,
+        vx,
+        vm,
+        path=path,
+        config=CONFIG,
+        seed=0,
+        device=device,
+        epochs=opts.quick_epochs,
+        progress=progress,
+        extra={"seed": 0, "ablation": opts.quick_recipe(variant)},
+    )
+    iou = float(split_scores(tensor_counts(ids, x, m, model.eval(), zscore, device=device))["iou"])
+    record = {
+        "variant": variant.name,
+        "iou": iou,
+        "distance": 1.0 - iou,
+        "epochs": opts.quick_epochs,
+        "training_seed": 0,
+        "model": path.name,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    atomic_write_bytes(record_path, (json.dumps(record, indent=2) + "\n").encode())
+    logger.info("ablation: %s quick transfer IoU %.4f", variant.name, iou)
+    return {**record, "reused": False}
+
+
 def realism_transfer(variants: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per realism measure (:data:`synthesis.realism.MEASURES`): the Spearman rank
+    """Per realism measure (:data:`ABLATION_MEASURES`): the Spearman rank
     correlation across ``variants`` (``ablation()``'s, those with measures) between the
     measure and the mean real-image IoU (``spearman``, None where undefined), the number of
     ``variants``, and ``agrees``: rho <= :data:`AGREES_RHO` (None with fewer than
@@ -758,7 +839,7 @@ def realism_transfer(variants: dict[str, Any]) -> dict[str, dict[str, Any]]:
         {'spearman': -1.0, 'variants': 3, 'agrees': None}
     """
     out: dict[str, dict[str, Any]] = {}
-    for measure in MEASURES:
+    for measure in ABLATION_MEASURES:
         pairs = [
             (v["realism"]["measures"][measure], v["iou"]["mean"])
             for v in variants.values()
@@ -866,6 +947,7 @@ _MEASURE_HEADS = {
     "fg_cv": "fg CV",
     "domain_auc": "domain AUC",
     "feature_fd": "feature FD",
+    "quick_transfer": "quick transfer",
 }
 
 
@@ -886,14 +968,16 @@ def _realism_markdown(results: dict[str, Any]) -> list[str]:
         "averaged), the domain score (ROC AUC of a small CNN telling the two apart on "
         "held-out images; 0.5: indistinguishable) and the feature distance (Fréchet distance "
         "of foreground and of background pixels in the features of a U-Net trained on the "
-        "real train tiles, averaged). Lower is more real for all.",
+        "real train tiles, averaged); and the quick transfer (1 - the IoU on the real train "
+        "tiles of the reference U-Net trained a few epochs, training seed 0, on the variant's "
+        "train images). Lower is more real for all.",
         "",
-        "| variant | IoU real | " + " | ".join(_MEASURE_HEADS[m] for m in MEASURES) + " |",
-        "|---|---:|" + "---:|" * len(MEASURES),
+        "| variant | IoU real | " + " | ".join(_MEASURE_HEADS[m] for m in ABLATION_MEASURES) + " |",
+        "|---|---:|" + "---:|" * len(ABLATION_MEASURES),
     ]
     for name, v in measured.items():
         values = v["realism"]["measures"]
-        cells = [number_cell(values.get(m), 4) for m in MEASURES]
+        cells = [number_cell(values.get(m), 4) for m in ABLATION_MEASURES]
         lines.append(f"| {name} | {_mean_sd(v['iou'])} | " + " | ".join(cells) + " |")
     lines += [
         "",
