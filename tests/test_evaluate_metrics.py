@@ -277,3 +277,43 @@ def test_evaluate_nucleus_matches_objects_to_the_true_instances(small_package: P
     r, want = results["splits"]["test"], objects.compute()
     for key in ("ap", "ap_50", "f1", "pq", "tp", "fp", "fn", "true_objects", "pred_objects"):
         assert r[key] == want[key], key
+
+
+def test_evaluate_objects_takes_the_users_post_processing(small_package: Path, tmp_path: Path):
+    """--objects FILE.py:FUNCTION: the object metrics count the user's instance labels. A
+    post-processing that makes the whole prediction one object finds at most one object per
+    image; one that returns a bool mask is refused, naming the function and the row."""
+    post = tmp_path / "post.py"
+    post.write_text(
+        "import numpy as np\n"
+        "def one_object(pred):\n"
+        "    return pred.astype(np.int32)\n"
+        "def not_labels(pred):\n"
+        "    return pred\n"
+    )
+    base = ["evaluate", "--data", str(small_package), "--config", "nucleus", "--device", "cpu"]
+    base += ["--splits", "test", "--batch-size", "2"]
+    assert main([*base, "--out", str(tmp_path / "cc")]) == 0
+    assert main([*base, "--out", str(tmp_path / "one"), "--objects", f"{post}:one_object"]) == 0
+    cc = json.loads((tmp_path / "cc" / "results.json").read_text())
+    one = json.loads((tmp_path / "one" / "results.json").read_text())
+    assert one["metrics"]["objects"] == "one_object" and "objects" not in cc["metrics"]
+    images = one["splits"]["test"]["images"]
+    assert one["splits"]["test"]["pred_objects"] <= images < cc["splits"]["test"]["pred_objects"]
+    assert one["splits"]["test"]["iou"] == cc["splits"]["test"]["iou"]  # pixels unchanged
+    with pytest.raises(Exception, match="not_labels.*integer instance labels.*row"):
+        scoring.evaluate(
+            str(small_package),
+            "nucleus",
+            splits=["test"],
+            device="cpu",
+            objects=scoring_load(post, "not_labels"),
+        )
+    assert main([*base, "--out", str(tmp_path / "x"), "--objects", f"{post}:missing"]) != 0
+    assert not (tmp_path / "x").exists()
+
+
+def scoring_load(path: Path, name: str):
+    from builder.evaluation.model_loading import load_callable
+
+    return load_callable(f"{path}:{name}", "--objects")[0]

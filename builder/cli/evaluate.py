@@ -58,6 +58,13 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
         help="the Square attack's query budget: model evaluations per image (default 100)",
     )
     p.add_argument(
+        "--objects",
+        default=None,
+        metavar="FILE.py:FUNCTION",
+        help="nucleus object metrics: your post-processing, a function from a bool (H, W) "
+        "prediction to integer instance labels (default: its 8-connected components)",
+    )
+    p.add_argument(
         "--metrics",
         default="all",
         choices=list(METRIC_SETS),
@@ -112,6 +119,11 @@ def run(args: argparse.Namespace) -> int:
 
         check_repo_id(args.benchmark_id, "--benchmark-id")
     attacks = parse_attacks(args.attacks)
+    objects = None
+    if args.objects is not None:
+        from builder.evaluation.model_loading import load_callable
+
+        objects, _ = load_callable(args.objects, "--objects")
     device = resolve_device(args.device)
     with distributed.join(
         device_type=device.type, timeout_s=args.rendezvous_timeout, job="evaluate"
@@ -144,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
             consistency=args.consistency,
             metrics=args.metrics,
             square_queries=args.square_queries,
+            objects=objects,
         )
         ctx.leave()
     if not ctx.is_main:

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from synthesis.normalize import NORMALIZATIONS, normalize
 from synthesis.runtime.errors import InputError
@@ -105,21 +105,8 @@ def load_model_spec(
         model, _ = load_model(path, device=device)
         return ModelInfo(model, f"reference U-Net ({rel})", sha256_file(path))
     if ":" in spec and spec.split(":", 1)[0].endswith(".py"):
-        file, factory_name = spec.split(":", 1)
-        path = Path(file)
-        if not path.is_file():
-            raise ModelSpecError(f"--model {spec}: {path} does not exist")
-        mod_spec = importlib.util.spec_from_file_location(f"_fluorobench_user_{path.stem}", path)
-        if mod_spec is None or mod_spec.loader is None:
-            raise ModelSpecError(f"--model {spec}: {path} is not an importable Python file")
-        module = importlib.util.module_from_spec(mod_spec)
-        try:
-            mod_spec.loader.exec_module(module)
-        except Exception as exc:  # the user's code: report whatever it raised
-            raise ModelSpecError(f"--model {spec}: importing {path} failed: {exc!r}") from exc
-        factory = getattr(module, factory_name, None)
-        if not callable(factory):
-            raise ModelSpecError(f"--model {spec}: {path} has no callable {factory_name!r}")
+        factory_name = spec.split(":", 1)[1]
+        factory, path = load_callable(spec, "--model")
         model = factory()
         if not isinstance(model, nn.Module):
             raise ModelSpecError(
@@ -141,6 +128,34 @@ def load_model_spec(
     except Exception as exc:  # torch raises RuntimeError or ValueError for non-TorchScript files
         raise ModelSpecError(f"--model {spec}: not a TorchScript file ({exc})") from exc
     return ModelInfo(model.eval(), path.name, sha256_file(path))
+
+
+def load_callable(spec: str, option: str) -> tuple[Callable[..., Any], Path]:
+    """The function ``name`` of ``path/module.py:name`` (imported from that file), and the
+    file.
+
+    Raises:
+        ModelSpecError: not ``FILE.py:NAME``, a missing or unimportable file, or no callable
+            of that name (the message names ``option`` and the file).
+    """
+    file, _, name = spec.partition(":")
+    if not file.endswith(".py") or not name:
+        raise ModelSpecError(f"{option} {spec}: expected path/module.py:function")
+    path = Path(file)
+    if not path.is_file():
+        raise ModelSpecError(f"{option} {spec}: {path} does not exist")
+    mod_spec = importlib.util.spec_from_file_location(f"_fluorobench_user_{path.stem}", path)
+    if mod_spec is None or mod_spec.loader is None:
+        raise ModelSpecError(f"{option} {spec}: {path} is not an importable Python file")
+    module = importlib.util.module_from_spec(mod_spec)
+    try:
+        mod_spec.loader.exec_module(module)
+    except Exception as exc:  # the user's code: report whatever it raised
+        raise ModelSpecError(f"{option} {spec}: importing {path} failed: {exc!r}") from exc
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ModelSpecError(f"{option} {spec}: {path} has no callable {name!r}")
+    return fn, path
 
 
 def _is_repo_id(spec: str) -> bool:

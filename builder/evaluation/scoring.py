@@ -129,6 +129,24 @@ def _columns(instances: bool) -> list[str]:
     return [*fluorobench_c.MODEL_COLUMNS, *(["instances"] if instances else [])]
 
 
+#: A user's post-processing: a bool ``(H, W)`` prediction -> integer instance labels.
+ObjectsFn = Callable[["np.ndarray"], "np.ndarray"]
+
+
+def _user_objects(fn: ObjectsFn, pred: np.ndarray, row: str) -> np.ndarray:
+    """``fn(pred)``, checked: integer labels of ``pred``'s shape (0 = background)."""
+    import numpy as np
+
+    labels = np.asarray(fn(pred.copy()))
+    name = getattr(fn, "__name__", repr(fn))
+    if labels.shape != pred.shape or not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(
+            f"--objects {name}: must return integer instance labels of shape {pred.shape} "
+            f"(0 = background); for row {row} it returned {labels.dtype} {labels.shape}"
+        )
+    return labels
+
+
 class StructureScores:
     """A split's structure metrics (:mod:`synthesis.structure_metrics`): topology (clDice,
     Betti errors) or objects (AP, F1, PQ against the true instances), and boundaries (HD95,
@@ -137,12 +155,15 @@ class StructureScores:
     ``per_image`` (where given to :meth:`update`) gets each row's headline value (clDice or
     AP) by id, for the worst case over attacks."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, objects: ObjectsFn | None = None) -> None:
         from synthesis.structure_metrics import BoundaryScores, ObjectScores, TopologyScores
 
         if kind not in HEADLINE_METRIC:
             raise ValueError(f"kind must be one of {', '.join(HEADLINE_METRIC)}. Got {kind!r}")
         self.kind = kind
+        #: The user's post-processing of a bool prediction into instance labels (objects
+        #: only; None: the prediction's 8-connected components).
+        self.objects = objects
         self.shape: TopologyScores | ObjectScores = (
             TopologyScores() if kind == "topology" else ObjectScores()
         )
@@ -189,7 +210,8 @@ class StructureScores:
                 counts = topology_counts(p[k], g[k])
                 value = counts.cldice
             else:
-                counts = object_counts(p[k], truth[k])
+                objects = p[k] if self.objects is None else _user_objects(self.objects, p[k], row)
+                counts = object_counts(objects, truth[k])
                 value = counts.ap
             self.shape.add(counts)  # type: ignore[arg-type]
             if per_image is not None:
@@ -747,6 +769,7 @@ def evaluate(
     metrics: str = "all",
     square_queries: int | None = None,
     reference: bool = True,
+    objects: ObjectsFn | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``splits`` of a package; return the results dict (the same on
     every rank of a multi-process ``ctx``). ``consistency``: also score each split's
@@ -755,11 +778,18 @@ def evaluate(
     structure metrics, the worst case over attacks and the mCE to IoU and Dice; ``"iou"``
     scores IoU and Dice alone. ``square_queries``: the Square attack's query budget (default
     :data:`synthesis.corruptions.attacks.SQUARE_QUERIES`). ``reference``: compare with the
-    package's reference results for the mCE (the build, which writes them, passes False)."""
+    package's reference results for the mCE (the build, which writes them, passes False).
+    ``objects``: the user's post-processing of each bool prediction into instance labels
+    for the object metrics (nucleus; default: its 8-connected components)."""
 
     if metrics not in METRIC_SETS:
         raise InputError(f"metrics must be one of {', '.join(METRIC_SETS)}. Got {metrics!r}")
     structure_kind = STRUCTURE_KIND[config] if metrics == "all" else None
+    if objects is not None and structure_kind != "objects":
+        raise InputError(
+            f"--objects post-processes predictions into objects for the object metrics, "
+            f"which {config} with --metrics {metrics} does not score (nucleus, --metrics all)"
+        )
     dev = resolve_device(device)
     manifest = package_manifest(data, config)
     have = list(manifest["configs"][config]["splits"])
@@ -839,7 +869,7 @@ def evaluate(
                 )
                 bar.close()
         bar = factory(None, f"{config} {name}")
-        structure = StructureScores(structure_kind) if structure_kind else None
+        structure = StructureScores(structure_kind, objects) if structure_kind else None
         per_image = images.setdefault(name, {}) if attack is not None else None
         scores = evaluate_split(
             data,
@@ -908,6 +938,7 @@ def evaluate(
             "structure": structure_kind,
             "headline": headline,
             "reported": list(STRUCTURE_METRICS[structure_kind]),
+            **({"objects": getattr(objects, "__name__", repr(objects))} if objects else {}),
             "nsd_tolerance_px": per_split["test"]["nsd_tolerance_px"],
             "square_queries": square_queries if square_queries is not None else _queries(),
         }
