@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from builder.package.manifest import read_manifest
+from builder.package.manifest import config_manifest
 from synthesis.levels import CONFIG_TITLES, PIXEL_SIZE_UM
 from synthesis.runtime.errors import InputError, RefusedError
 from synthesis.runtime.extras import missing_extra
@@ -82,13 +82,7 @@ def export_bioimageio(
     missing = bioimageio_missing()
     if missing:
         raise InputError(f"export-model --format bioimageio {missing}")
-    manifest = read_manifest(package)
-    if manifest is None:
-        raise InputError(f"{package}: not a fluorobench-c package (no manifest.json)")
-    if config not in manifest["configs"]:
-        raise InputError(
-            f"{package} has no config {config!r}; it has {', '.join(manifest['configs'])}"
-        )
+    manifest = config_manifest(package, config)
     weights = package / "models" / f"{config}-unet.safetensors"
     if not weights.is_file():
         raise InputError(f"{weights}: the package has no reference model for {config}")

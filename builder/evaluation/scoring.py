@@ -51,7 +51,11 @@ from builder.evaluation.model_loading import (
     predict,
     usable_attacks,
 )
-from builder.package.manifest import pseudo_mask_method, read_manifest
+from builder.package.manifest import (
+    check_config,
+    config_manifest,
+    pseudo_mask_method,
+)
 from builder.package.plan import REAL_FAMILIES, SPLITS
 from synthesis.runtime.device import resolve_device
 from synthesis.runtime.errors import InputError
@@ -737,19 +741,13 @@ def available_splits(data: str, config: str) -> list[str]:
 def package_manifest(data: str, config: str) -> dict[str, Any]:
     """The manifest of a package (local folder or Hub repo) that has ``config``."""
     if Path(data).is_dir():
-        manifest = read_manifest(Path(data))
-        if manifest is None:
-            raise InputError(f"{data}: no manifest.json; not a fluorobench-c package")
-    else:
-        from huggingface_hub import hf_hub_download
+        return config_manifest(Path(data), config)
+    from huggingface_hub import hf_hub_download
 
-        manifest = json.loads(
-            Path(hf_hub_download(data, "manifest.json", repo_type="dataset")).read_text()
-        )
-    if config not in manifest["configs"]:
-        raise InputError(
-            f"{data} has no config {config!r}; it has {', '.join(manifest['configs'])}"
-        )
+    manifest = json.loads(
+        Path(hf_hub_download(data, "manifest.json", repo_type="dataset")).read_text()
+    )
+    check_config(manifest, config, data)
     return manifest
 
 

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from synthesis.runtime.errors import RefusedError
+from synthesis.runtime.errors import InputError, RefusedError
 from synthesis.runtime.files import atomic_write_bytes
 
 MANIFEST = "manifest.json"
@@ -27,6 +27,28 @@ FORMAT_VERSION = 3
 class BuildError(RefusedError):
     """A build that cannot go on (a different build or another process holds the folder, a
     source without the images a split needs); the message says why and what to do."""
+
+
+def config_manifest(package: Path, config: str) -> dict[str, Any]:
+    """The manifest of the local package ``package``, checked to hold ``config``.
+
+    Raises:
+        InputError: no manifest (not a package), or no such config (naming the ones it has).
+    """
+    manifest = read_manifest(package)
+    if manifest is None:
+        raise InputError(f"{package}: not a fluorobench-c package (no manifest.json)")
+    check_config(manifest, config, str(package))
+    return manifest
+
+
+def check_config(manifest: dict[str, Any], config: str, where: str) -> None:
+    """Raises :class:`InputError` unless the package ``where`` (its ``manifest``) has
+    ``config``."""
+    if config not in manifest["configs"]:
+        raise InputError(
+            f"{where} has no config {config!r}; it has {', '.join(manifest['configs'])}"
+        )
 
 
 def read_manifest(out: Path) -> dict[str, Any] | None:

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from builder.package.manifest import read_manifest, split_files
+from builder.package.manifest import config_manifest, split_files
 from builder.package.plan import CORRUPTIONS, FAMILIES
 from synthesis.levels import PIXEL_SIZE_UM
 from synthesis.runtime.errors import InputError, RefusedError
@@ -173,13 +173,7 @@ def export_ome(
         raise InputError(f"--format must be one of {', '.join(FORMATS)}. Got {fmt!r}")
     if fmt == "ome-zarr" and (missing := ome_missing()):
         raise InputError(f"export --format ome-zarr {missing}")
-    manifest = read_manifest(package)
-    if manifest is None:
-        raise InputError(f"{package}: not a fluorobench-c package (no manifest.json)")
-    if config not in manifest["configs"]:
-        raise InputError(
-            f"{package} has no config {config!r}; it has {', '.join(manifest['configs'])}"
-        )
+    manifest = config_manifest(package, config)
     names = select_splits(manifest, config, splits)
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise RefusedError(f"{out} exists; pass --overwrite to replace it")
