@@ -64,14 +64,14 @@ logger = logging.getLogger("mito_transfer")
 #: The shared real mitochondria (``images/`` inside; no masks).
 MITO_DATA = _common.MITO_DATA
 CONFIG = "mito"
-#: (renderer, mask generator) per training condition; the first is today's Mito-C.
+#: (renderer, mask generator) per training condition; the first chosen (by default today's
+#: Mito-C, physics with worms) is the baseline the others are compared with.
 CONDITIONS: tuple[tuple[str, str], ...] = (
     ("physics", "worms"),
     ("physics", "cells"),
     ("naive", "worms"),
     ("naive", "cells"),
 )
-BASELINE = CONDITIONS[0]
 
 
 class NoRealImages(Exception):
