@@ -239,6 +239,16 @@ def _axis_size_one(axis: Any) -> bool:
     return isinstance(size, int) and size == 1
 
 
+def _other_axis(axis: Any, kind: str, aid: str, singleton: list[str], refuse: str) -> None:
+    """A non-channel axis: y and x and the batch pass; any other must be of size 1 (it is
+    added to ``singleton``), else ``refuse`` (the message) is raised."""
+    if (kind == "space" and aid in ("y", "x")) or kind == "batch":
+        return
+    if not _axis_size_one(axis):
+        raise BioimageioModelError(refuse)
+    singleton.append(aid)
+
+
 def _input_axes(spec: str, tensor: Any) -> _Axes:
     ids, types, singleton = [], [], []
     for axis in tensor.axes:
@@ -249,15 +259,15 @@ def _input_axes(spec: str, tensor: Any) -> _Axes:
                     f"--model {spec}: input {tensor.id} takes {len(axis.channel_names)} channels; "
                     "FluoroBench-C images have one"
                 )
-        elif kind == "space" and aid in ("y", "x"):
-            pass
-        elif kind != "batch":
-            if not _axis_size_one(axis):
-                raise BioimageioModelError(
-                    f"--model {spec}: input {tensor.id} has a {kind} axis {aid!r} of size "
-                    f"{getattr(axis, 'size', None)}; FluoroBench-C images are 2-D (y, x)"
-                )
-            singleton.append(aid)
+        else:
+            _other_axis(
+                axis,
+                kind,
+                aid,
+                singleton,
+                f"--model {spec}: input {tensor.id} has a {kind} axis {aid!r} of size "
+                f"{getattr(axis, 'size', None)}; FluoroBench-C images are 2-D (y, x)",
+            )
         ids.append(aid)
         types.append(kind)
     if not {"y", "x"} <= set(ids):
@@ -290,15 +300,15 @@ def _output_axes(spec: str, tensor: Any, channel: str | None) -> tuple[_Axes, in
                     f"({', '.join(f'{i}: {n}' for i, n in enumerate(names))}); state the "
                     "foreground one with --channel"
                 )
-        elif kind == "space" and aid in ("y", "x"):
-            pass
-        elif kind != "batch":
-            if not _axis_size_one(axis):
-                raise BioimageioModelError(
-                    f"--model {spec}: output {tensor.id} has a {kind} axis {aid!r} that is not "
-                    "of size 1; it cannot be mapped to a 2-D mask"
-                )
-            singleton.append(aid)
+        else:
+            _other_axis(
+                axis,
+                kind,
+                aid,
+                singleton,
+                f"--model {spec}: output {tensor.id} has a {kind} axis {aid!r} that is not "
+                "of size 1; it cannot be mapped to a 2-D mask",
+            )
         ids.append(aid)
         types.append(kind)
     if not {"y", "x"} <= set(ids):
